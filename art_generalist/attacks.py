@@ -1,0 +1,142 @@
+"""The training attack: torchattacks PGD run against the estimator's own input pipeline.
+
+torchattacks clamps to [0, 1] and attacks ``model(x)`` directly. ART estimators instead take
+inputs within ``clip_values`` and normalise them with ``preprocessing``. :class:`InputSpace`
+bridges the two: it maps unit-range inputs ``u`` to ``lo + (hi - lo) * u``, normalises them and
+calls the raw model, so torchattacks sees exactly the function ART's classifier computes, and
+ε given in ART's input units becomes ``eps / (hi - lo)`` in unit range.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torchattacks
+from torch import nn
+
+
+class ThreatModel(str, enum.Enum):
+    """L∞ or L2 threat model; parse with :meth:`parse` (accepts ``'inf'``, ``np.inf``, ``2`` ...)."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+    @classmethod
+    def parse(cls, value: Union[str, float, int, "ThreatModel"]) -> "ThreatModel":
+        if isinstance(value, ThreatModel):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isinf(value):
+                return cls.LINF
+            if value == 2:
+                return cls.L2
+        if isinstance(value, str) and value.lower() in {"inf", "linf", "l_inf", "np.inf"}:
+            return cls.LINF
+        if isinstance(value, str) and value.lower() in {"2", "l2"}:
+            return cls.L2
+        raise ValueError(f"Unsupported `norm` {value!r}: use 'inf' (L∞) or 2 (L2).")
+
+
+class InputSpace(nn.Module):
+    """``u in [0, 1]`` -> ``model((lo + (hi - lo) * u - mean) / std)``.
+
+    :param amp: run the model under bf16 autocast (logits returned in float32).
+    :param channels_last: feed 4-D inputs in channels_last memory format.
+    """
+
+    def __init__(self, model: nn.Module, clip_values: Sequence[float], mean, std,
+                 amp: bool = False, channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        lo, hi = float(clip_values[0]), float(clip_values[1])
+        self.lo, self.scale = lo, hi - lo
+        device = next(model.parameters()).device
+        self.register_buffer("mean", _broadcastable(mean, device), persistent=False)
+        self.register_buffer("std", _broadcastable(std, device), persistent=False)
+        self.amp, self.channels_last = bool(amp), bool(channels_last)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.lo) / self.scale
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        return u * self.scale + self.lo
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        x = (self.from_unit(u) - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return self.model(x).float()
+        return self.model(x)
+
+
+def _broadcastable(value, device: torch.device) -> torch.Tensor:
+    """Per-channel statistics shaped (C, 1, 1) for image data, or a scalar."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=device).flatten()
+    return t.reshape(-1, 1, 1) if t.numel() > 1 else t.reshape(())
+
+
+class TrainingAttack:
+    """PGD from torchattacks on an :class:`InputSpace`, with ε and step in ART's input units.
+
+    :param loss: ``'ce'`` (Madry PGD; ``torchattacks.PGD`` / ``PGDL2``) or ``'kl'`` (TRADES'
+        inner maximisation of KL(f(x) || f(x'));``torchattacks.TPGD``, L∞ only).
+    Calling the attack puts the model in eval mode and restores its mode afterwards.
+    """
+
+    def __init__(self, space: InputSpace, norm: Union[str, float, ThreatModel], eps: float,
+                 eps_step: float, max_iter: int, loss: str = "ce", random_start: bool = True) -> None:
+        self.space, self.norm = space, ThreatModel.parse(norm)
+        self.eps, self.eps_step, self.max_iter, self.loss = float(eps), float(eps_step), int(max_iter), loss
+        eps_u, step_u = self.eps / space.scale, self.eps_step / space.scale
+        if loss == "ce" and self.norm is ThreatModel.LINF:
+            self._attack = torchattacks.PGD(space, eps=eps_u, alpha=step_u, steps=self.max_iter,
+                                            random_start=random_start)
+        elif loss == "ce":
+            self._attack = torchattacks.PGDL2(space, eps=eps_u, alpha=step_u, steps=self.max_iter,
+                                              random_start=random_start)
+        elif loss == "kl" and self.norm is ThreatModel.LINF:
+            self._attack = torchattacks.TPGD(space, eps=eps_u, alpha=step_u, steps=self.max_iter)
+        elif loss == "kl":
+            raise ValueError("The TRADES (KL) training attack is available for the L∞ threat model only.")
+        else:
+            raise ValueError(f"Unknown attack loss {loss!r}: use 'ce' or 'kl'.")
+
+    def __call__(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for unit-range inputs ``u`` and index labels ``y``."""
+        if self.eps == 0 or self.max_iter == 0:
+            return u
+        return self._attack(u, y)
+
+    def __repr__(self) -> str:
+        return (f"TrainingAttack(norm={self.norm.value}, eps={self.eps}, eps_step={self.eps_step}, "
+                f"max_iter={self.max_iter}, loss={self.loss!r})")
+
+
+@torch.no_grad()
+def predict_labels(space: InputSpace, u: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Argmax predictions of ``space`` in eval mode for unit-range inputs (mode restored)."""
+    was_training = space.training
+    space.eval()
+    try:
+        return torch.cat([space(u[i:i + batch_size]).argmax(1) for i in range(0, len(u), batch_size)])
+    finally:
+        space.train(was_training)
+
+
+def robust_accuracy(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
+                    batch_size: int = 512) -> tuple[float, float]:
+    """(clean, adversarial) accuracy of ``space`` on unit-range data; adversarial only on the
+    points classified correctly, so adversarial accuracy never exceeds clean accuracy."""
+    clean_ok = predict_labels(space, u, batch_size) == y
+    if attack is None:
+        return clean_ok.float().mean().item(), float("nan")
+    adv_ok = clean_ok.clone()
+    idx = clean_ok.nonzero().flatten()
+    for i in range(0, len(idx), batch_size):
+        b = idx[i:i + batch_size]
+        adv_ok[b] = predict_labels(space, attack(u[b], y[b]), batch_size) == y[b]
+    return clean_ok.float().mean().item(), adv_ok.float().mean().item()

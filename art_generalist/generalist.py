@@ -1,0 +1,134 @@
+"""The Generalist algorithm (Wang & Wang, "Generalist: Decoupling Natural and Robust
+Generalization", CVPR 2023), as the official code (PKU-ML/Generalist ``main.py``) runs it.
+
+Per minibatch (x, y):
+
+1. each robust base learner θ_R makes PGD examples against itself (eval mode) and takes one
+   optimizer step on them; its EMA teacher T_R follows;
+2. each natural base learner θ_N takes one step on the clean batch; its teacher T_N follows;
+3. the global learner mixes the teachers: G <- d·G + (1-d)·(β·T_R + (1-β)·T_N);
+4. during distribution epochs (from t' on, every c epochs) G is copied back into every base
+   learner after each iteration (optimizer state is kept).
+
+β(e) is piecewise linear over the epoch budget, (0, E/3, 2E/3, E) -> (1, 1, 1, 0.4). Every EMA
+uses the decay ``min(0.999, (t+1)/(t+10))``. The global learner G is the model users ship.
+This module is tensor-native: batches arrive as unit-range tensors on the model's device.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+
+from art_generalist.learners import Learner
+from art_generalist.mixing import ModelEMA
+from art_generalist.schedules import Schedule
+
+logger = logging.getLogger(__name__)
+
+MixWeights = Callable[[float, int], Sequence[float]]
+
+
+class Generalist:
+    """The engine: base learners, their teachers, the global learner and the schedules.
+
+    :param learners: the base learners, stepped in order each iteration (robust first, as
+        the official code does).
+    :param global_ema: the global learner G, an EMA over the mixture of the teachers.
+    :param beta_schedule: ``(epoch, nb_epochs) -> β``, the weight of the robust teachers.
+    :param mix_weights: optional ``(epoch, nb_epochs) -> weights`` (one per learner, convex)
+        replacing the β rule, for W >= 2 experts.
+    :param distribution_epochs: the epochs (1-based) in which G is copied into the learners.
+    :param distribute_per_iteration: copy after every iteration of those epochs (official) or
+        once at their end.
+    :param shared_lr: every learner uses the first learner's scheduled learning rate (the
+        official code overwrites the natural learner's lr with the robust learner's).
+    :param per_iteration_schedules: evaluate β and learning rates at fractional epochs (the
+        TMLlib port) instead of once per epoch (the official code).
+    """
+
+    def __init__(self, learners: Sequence[Learner], global_ema: ModelEMA, beta_schedule: Schedule,
+                 distribution_epochs: Iterable[int], mix_weights: Optional[MixWeights] = None,
+                 distribute_per_iteration: bool = True, shared_lr: bool = True,
+                 per_iteration_schedules: bool = False) -> None:
+        if len(learners) < 2:
+            raise ValueError(f"Generalist needs at least 2 base learners, got {len(learners)}.")
+        self.learners, self.global_ema = list(learners), global_ema
+        self.beta_schedule, self.mix_weights = beta_schedule, mix_weights
+        self.distribution_epochs = frozenset(distribution_epochs)
+        self.distribute_per_iteration, self.shared_lr = distribute_per_iteration, shared_lr
+        self.per_iteration_schedules = per_iteration_schedules
+        robust = [i for i, lrn in enumerate(self.learners) if lrn.spec.is_robust]
+        natural = [i for i in range(len(self.learners)) if i not in robust]
+        # β goes to the robust teachers and 1-β to the natural ones, each split evenly. With
+        # experts of one kind only (e.g. L∞ + L2), β goes to the first and 1-β to the others.
+        self._beta_group, self._rest_group = (robust, natural) if robust and natural else ([0], list(range(1, len(learners))))
+
+    # -- schedules -------------------------------------------------------------------------
+    def beta(self, epoch: float, nb_epochs: int) -> float:
+        beta = float(self.beta_schedule(epoch, nb_epochs))
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"The β schedule returned {beta} at epoch {epoch}; β must lie in [0, 1].")
+        return beta
+
+    def weights(self, epoch: float, nb_epochs: int) -> list[float]:
+        """Mixing weight of each learner's teacher at ``epoch``."""
+        if self.mix_weights is not None:
+            return [float(w) for w in self.mix_weights(epoch, nb_epochs)]
+        beta, w = self.beta(epoch, nb_epochs), [0.0] * len(self.learners)
+        for i in self._beta_group:
+            w[i] = beta / len(self._beta_group)
+        for i in self._rest_group:
+            w[i] = (1.0 - beta) / len(self._rest_group)
+        return w
+
+    def learning_rates(self, epoch: float, nb_epochs: int) -> list[float]:
+        lrs = [lrn.scheduled_lr(epoch, nb_epochs) for lrn in self.learners]
+        return [lrs[0]] * len(lrs) if self.shared_lr else lrs
+
+    # -- the algorithm ------------------------------------------------------------------------
+    def distribute(self) -> None:
+        """Copy the global learner into every base learner (weights and buffers)."""
+        for learner in self.learners:
+            self.global_ema.mixer.copy_(learner.model, self.global_ema.module)
+
+    def train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    nb_batches: int) -> dict:
+        """One epoch (1-based ``epoch``) over ``batches`` of unit-range inputs and index labels."""
+        distributing = epoch in self.distribution_epochs
+        device = next(self.global_ema.module.parameters()).device
+        loss_sum = torch.zeros(len(self.learners), device=device)
+        correct = torch.zeros(len(self.learners), device=device, dtype=torch.long)
+        seen, t = 0, float(epoch)
+        for i, (u, y) in enumerate(batches):
+            if self.per_iteration_schedules:
+                t = epoch - 1 + (i + 1) / nb_batches
+            if self.per_iteration_schedules or i == 0:
+                for learner, lr in zip(self.learners, self.learning_rates(t, nb_epochs)):
+                    learner.set_lr(lr)
+                weights = self.weights(t, nb_epochs)
+            for k, learner in enumerate(self.learners):           # steps 1-2
+                loss, n_correct = learner.step(u, y)
+                loss_sum[k] += loss * len(y)
+                correct[k] += n_correct
+            self.global_ema.update([lrn.teacher.module for lrn in self.learners], weights)  # step 3
+            if distributing and self.distribute_per_iteration:    # step 4
+                self.distribute()
+            seen += len(y)
+        if distributing and not self.distribute_per_iteration:
+            self.distribute()
+        if seen == 0:
+            raise ValueError("The epoch received no batches.")
+        losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()  # one sync per epoch
+        return {
+            "epoch": epoch,
+            "beta": self.beta(t, nb_epochs) if self.mix_weights is None else None,
+            "mix_weights": weights,
+            "distributed": distributing,
+            "examples": seen,
+            "learners": {lrn.name: {"loss": losses[k], "train_acc": accs[k],
+                                    "lr": lrn.optimizer.param_groups[0]["lr"],
+                                    "adversarial": lrn.attack is not None}
+                         for k, lrn in enumerate(self.learners)},
+        }

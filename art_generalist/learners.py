@@ -1,0 +1,107 @@
+"""Base learners: what each expert is (:class:`LearnerSpec`) and how it takes a step (:class:`Learner`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from art_generalist.attacks import InputSpace, TrainingAttack
+from art_generalist.mixing import ModelEMA
+from art_generalist.objectives import Objective, resolve_objective
+from art_generalist.schedules import Schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from art.estimators.classification import PyTorchClassifier
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def sgd(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False) -> OptimizerFactory:
+    """An SGD factory, e.g. the official robust learner ``sgd(0.01, weight_decay=3.5e-3)``."""
+    def factory(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return factory
+
+
+@dataclass
+class LearnerSpec:
+    """One base learner ("expert") of Generalist.
+
+    :param name: a label used in the history (e.g. ``"robust"``, ``"natural"``, ``"l2"``).
+    :param objective: ``"natural"``, ``"pgd"``, ``"trades"``, ``"mart"`` or an :class:`Objective`.
+    :param norm, eps, eps_step, max_iter: this learner's threat model and training-attack budget
+        in input units; ``None`` takes the trainer's.
+    :param optimizer: a factory ``params -> Optimizer``; ``None`` clones the user's estimator's
+        optimizer (its class and hyper-parameters) onto the learner's copy of the model.
+    :param lr_schedule: this learner's schedule (see :func:`~art_generalist.schedules.resolve_schedule`);
+        ``None`` takes the trainer's.
+    :param classifier: an ART ``PyTorchClassifier`` to use as this base learner (its model and
+        optimizer are used as given).
+    """
+
+    name: str
+    objective: Union[str, Objective] = "pgd"
+    norm: Union[None, str, float] = None
+    eps: Optional[float] = None
+    eps_step: Optional[float] = None
+    max_iter: Optional[int] = None
+    optimizer: Optional[OptimizerFactory] = None
+    lr_schedule: Union[None, str, Schedule] = None
+    classifier: Optional["PyTorchClassifier"] = None
+
+    @property
+    def is_robust(self) -> bool:
+        return resolve_objective(self.objective).attack_loss is not None
+
+    @classmethod
+    def official(cls, lr: float = 0.01) -> list["LearnerSpec"]:
+        """The released code's two learners: SGD(momentum 0.9), robust weight decay 3.5e-3,
+        natural 5e-4, both at the robust learner's learning rate (ResNet-18 settings)."""
+        return [cls("robust", "pgd", optimizer=sgd(lr, weight_decay=3.5e-3)),
+                cls("natural", "natural", optimizer=sgd(lr, weight_decay=5e-4))]
+
+
+class Learner:
+    """A base learner at run time: its ART estimator, model in input space, optimizer,
+    training attack, objective and EMA teacher."""
+
+    def __init__(self, spec: LearnerSpec, classifier: Any, space: InputSpace,
+                 objective: Objective, attack: Optional[TrainingAttack], teacher: ModelEMA,
+                 schedule: Schedule) -> None:
+        if classifier.optimizer is None:
+            raise ValueError(f"Base learner `{spec.name}` has no optimizer.")
+        self.spec, self.name, self.classifier = spec, spec.name, classifier
+        self.space, self.objective, self.attack, self.teacher = space, objective, attack, teacher
+        self.schedule = schedule
+        self.optimizer: torch.optim.Optimizer = classifier.optimizer
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.space.model
+
+    def scheduled_lr(self, epoch: float, nb_epochs: int) -> float:
+        """The learning rate of the first parameter group at ``epoch``."""
+        return self.base_lrs[0] * self.schedule(epoch, nb_epochs)
+
+    def set_lr(self, lr: float) -> None:
+        """Set every group's lr, keeping the groups' ratios to the first group."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * base / self.base_lrs[0] if self.base_lrs[0] else lr
+
+    def step(self, u: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attack (eval mode), one optimizer step (train mode), teacher update.
+
+        Returns the loss and the number of correct training predictions as device tensors
+        (no host synchronisation).
+        """
+        x_adv = self.attack(u, y) if self.attack is not None else None
+        self.space.train()
+        out = self.objective(self.space, u, y, x_adv)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.teacher.update(self.model)
+        return out.loss.detach(), (out.logits.detach().argmax(1) == y).sum()

@@ -1,0 +1,112 @@
+"""Schedules of the Generalist algorithm: β (mixing weight), learning rate, EMA decay, distribution.
+
+Epochs are numbered from 1 to ``nb_epochs`` as in the official code (PKU-ML/Generalist
+``main.py``); a schedule is evaluated at the epoch number, or at a fractional epoch when
+schedules run per iteration.
+"""
+from __future__ import annotations
+
+import bisect
+import numbers
+from typing import Callable, Sequence, Union
+
+#: A schedule maps (epoch, nb_epochs) to a value; epoch may be fractional.
+Schedule = Callable[[float, int], float]
+
+
+class PiecewiseLinear:
+    """Piecewise-linear interpolation through knots given as fractions of the epoch budget.
+
+    ``PiecewiseLinear((0, 1/3, 2/3, 1), (1, 1, 1, 0.4))(e, E)`` is ``np.interp(e, [0, E/3, 2E/3, E],
+    [1, 1, 1, 0.4])``, the official β schedule. Values are held constant outside the knots.
+    Set ``absolute=True`` to give knots in epochs instead of fractions.
+    """
+
+    def __init__(self, knots: Sequence[float], values: Sequence[float], absolute: bool = False) -> None:
+        knots, values = [float(k) for k in knots], [float(v) for v in values]
+        if len(knots) != len(values) or len(knots) < 1:
+            raise ValueError(
+                f"`knots` and `values` must be non-empty and of equal length, got {len(knots)} and {len(values)}."
+            )
+        if any(b < a for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"`knots` must be non-decreasing, got {knots}.")
+        if not absolute and (knots[0] < 0 or knots[-1] > 1):
+            raise ValueError(f"Fractional `knots` must lie in [0, 1], got {knots}; pass absolute=True for epochs.")
+        self.knots, self.values, self.absolute = tuple(knots), tuple(values), absolute
+
+    def __call__(self, epoch: float, nb_epochs: int) -> float:
+        xs = self.knots if self.absolute else tuple(k * nb_epochs for k in self.knots)
+        if epoch <= xs[0]:
+            return self.values[0]
+        if epoch >= xs[-1]:
+            return self.values[-1]
+        i = bisect.bisect_right(xs, epoch)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], self.values[i - 1], self.values[i]
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (epoch - x0) / (x1 - x0)
+
+    def __repr__(self) -> str:
+        return f"PiecewiseLinear(knots={self.knots}, values={self.values}, absolute={self.absolute})"
+
+
+#: β(e): weight of the robust teacher in the global mix (official knots, methods.md §1.2).
+OFFICIAL_BETA = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, 0.4))
+#: Learning-rate factor: lr, lr, lr/10, lr/100 at 0, E/3, 2E/3, E (official ResNet-18 schedule).
+OFFICIAL_LR = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 0.1, 0.01))
+
+
+def constant(epoch: float, nb_epochs: int) -> float:
+    """The constant schedule (factor 1)."""
+    return 1.0
+
+
+def resolve_schedule(value: Union[None, str, Schedule, Sequence[float]], name: str,
+                     official: PiecewiseLinear) -> Schedule:
+    """Turn a user's schedule argument into a callable ``(epoch, nb_epochs) -> value``.
+
+    Accepts ``"official"``, ``None``/``"constant"`` (factor 1), a ``(knots, values)`` pair of
+    fractional knots, or any callable with that signature.
+    """
+    if value == "official":
+        return official
+    if value is None or value == "constant":
+        return constant
+    if callable(value):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return PiecewiseLinear(value[0], value[1])
+    raise ValueError(
+        f"`{name}` must be 'official', 'constant', None, a (knots, values) pair or a callable "
+        f"(epoch, nb_epochs) -> float, got {value!r}."
+    )
+
+
+def ema_decay(step: int, decay: float = 0.999, warmup: bool = True) -> float:
+    """EMA decay at update ``step`` (0-based): ``min(decay, (t+1)/(t+10))`` with warm-up."""
+    return min(decay, (step + 1.0) / (step + 10.0)) if warmup else decay
+
+
+def resolve_epoch_count(value: Union[int, float], nb_epochs: int, name: str, minimum: int) -> int:
+    """An epoch count given as a fraction of the budget (float) or in epochs (int)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be an int (epochs) or a float in [0, 1] (fraction), got {value!r}.")
+    if isinstance(value, numbers.Integral):
+        if value < minimum:
+            raise ValueError(f"`{name}` in epochs must be >= {minimum}, got {value}.")
+        return int(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` as a fraction of the epoch budget must lie in [0, 1], got {value}.")
+    return max(minimum, int(round(value * nb_epochs)))
+
+
+def distribution_epochs(nb_epochs: int, start: Union[int, float] = 0.625,
+                        every: Union[int, float] = 1 / 24) -> list[int]:
+    """Epochs (1-based) in which the global learner is copied back into the base learners.
+
+    The official rule is ``e >= t' and (e - t') % c == 0`` with t' = 75 and c = 5 at 120
+    epochs, i.e. epochs 75, 80, ..., 120. ``start`` (t') and ``every`` (c) are fractions of
+    the budget when floats (defaults 0.625 and 1/24 give 75 and 5 at 120 epochs) or epoch
+    counts when ints.
+    """
+    t0 = resolve_epoch_count(start, nb_epochs, "distribute_start", minimum=1)
+    c = resolve_epoch_count(every, nb_epochs, "distribute_every", minimum=1)
+    return [e for e in range(t0, nb_epochs + 1) if (e - t0) % c == 0]

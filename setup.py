@@ -1,0 +1,43 @@
+"""Installation script for art-generalist."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="art-generalist",
+    version="0.1.0",
+    description=(
+        "Generalist (Wang & Wang, CVPR 2023) and related adversarial-training methods "
+        "as drop-in trainers for IBM's Adversarial Robustness Toolbox"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["art_generalist", "art_generalist.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch >= 2.6: torch.load(weights_only=True) is the default and CVE-2025-32434 is fixed.
+        "torch>=2.6",
+        "torchvision",
+        "adversarial-robustness-toolbox>=1.20.1,<1.21",
+        # torchattacks 3.5.1 pins requests~=2.25.1 in its metadata (its issue #205); see README.
+        "torchattacks>=3.5.1",
+        # Reference AutoAttack code (fra31's kernels) under the module name `pyautoattack`.
+        "pyautoattack>=0.2.0",
+        "numpy",
+        "tqdm",
+        "scikit-learn",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "matplotlib"],
+        "plot": ["matplotlib"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
