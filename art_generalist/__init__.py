@@ -5,6 +5,7 @@ tensor-native; :class:`GeneralistTrainer` is the thin ART adapter (numpy in, ART
 ``PyTorchClassifier`` out).
 """
 from art_generalist.attacks import ThreatModel, TrainingAttack
+from art_generalist.baselines import AdversarialTrainerTensor
 from art_generalist.learners import LearnerSpec
 from art_generalist.mixing import ModelEMA, WeightMixer
 from art_generalist.objectives import MART, TRADES, AdversarialCE, NaturalCE, Objective
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GeneralistTrainer",
+    "AdversarialTrainerTensor",
     "LearnerSpec",
     "ModelEMA",
     "WeightMixer",

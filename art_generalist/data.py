@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +59,13 @@ DATASETS: dict[str, DatasetInfo] = {
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded data set (``eq=False``: instances compare by identity, arrays are not compared)."""
+    """A loaded data set. ``eq=False``: instances compare by identity; arrays are left out of the repr."""
 
     name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: np.ndarray = field(repr=False)
+    y_train: np.ndarray = field(repr=False)
+    x_test: np.ndarray = field(repr=False)
+    y_test: np.ndarray = field(repr=False)
     input_shape: tuple[int, int, int]
     nb_classes: int
     mean: tuple[float, ...]
@@ -86,11 +86,11 @@ _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _load_digits(rng: np.random.Generator) -> _Arrays:
-    """sklearn digits (0..16 → [0, 1]) with a stratified, seeded 80/20 train/test split."""
+    """sklearn digits (raw values 0..16) with a stratified, seeded 80/20 train/test split."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    x = bunch.images[:, None]
     y = bunch.target.astype(np.int64)
     test_idx = []
     for label in np.unique(y):
@@ -176,10 +176,9 @@ def load_dataset(
     split_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     if key == "digits":
         x_train, y_train, x_test, y_test = _load_digits(split_rng)
-        scale = 1.0
+        scale = 16.0
     else:
-        resolved = data_root(root)
-        x_train, y_train, x_test, y_test = _load_torchvision(key, resolved, download)
+        x_train, y_train, x_test, y_test = _load_torchvision(key, data_root(root), download)
         scale = 255.0
     x_train, y_train = _subset(x_train, y_train, n_train, train_rng, "train")
     x_test, y_test = _subset(x_test, y_test, n_test, test_rng, "test")

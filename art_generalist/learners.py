@@ -65,10 +65,10 @@ class LearnerSpec:
 
 class Learner:
     """A base learner at run time: its ART estimator, model in input space, optimizer,
-    training attack, objective and EMA teacher."""
+    training attack, objective and (optional) EMA teacher."""
 
     def __init__(self, spec: LearnerSpec, classifier: Any, space: InputSpace,
-                 objective: Objective, attack: Optional[TrainingAttack], teacher: ModelEMA,
+                 objective: Objective, attack: Optional[TrainingAttack], teacher: Optional[ModelEMA],
                  schedule: Schedule) -> None:
         if classifier.optimizer is None:
             raise ValueError(f"Base learner `{spec.name}` has no optimizer.")
@@ -103,5 +103,6 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        self.teacher.update(self.model)
+        if self.teacher is not None:
+            self.teacher.update(self.model)
         return out.loss.detach(), (out.logits.detach().argmax(1) == y).sum()

@@ -1,25 +1,21 @@
 """``GeneralistTrainer``: the Generalist algorithm as a drop-in ART trainer.
 
-The adapter converts user data once (numpy or torch, index or one-hot labels) into unit-range
-tensors on the classifier's device and hands batches to the tensor-native engine
-(:mod:`art_generalist.generalist`). The global learner leaves as an ART ``PyTorchClassifier``.
+The ART edge (data checks, conversion, fit/fit_generator/fit_loader, validation) is
+:class:`~art_generalist.base_trainer.TensorTrainer`; the algorithm is
+:class:`~art_generalist.generalist.Generalist`. This module builds the base learners, their
+teachers and the global learner from the user's ART classifier.
 """
 from __future__ import annotations
 
 import copy
-import logging
-import math
-import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from art.defences.trainer import Trainer
-from tqdm.auto import tqdm
 
 from art_generalist import estimators
-from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack, predict_labels, robust_accuracy
+from art_generalist.base_trainer import Batch, TensorTrainer
+from art_generalist.attacks import InputSpace, TrainingAttack
 from art_generalist.generalist import Generalist, MixWeights
-from art_generalist.inputs import check_x, check_y
 from art_generalist.learners import Learner, LearnerSpec, sgd
 from art_generalist.mixing import ModelEMA, WeightMixer
 from art_generalist.objectives import resolve_objective
@@ -27,16 +23,10 @@ from art_generalist.schedules import (OFFICIAL_BETA, OFFICIAL_LR, Schedule, dist
                                       resolve_schedule)
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    from art.data_generators import DataGenerator
     from art.estimators.classification import PyTorchClassifier
 
-logger = logging.getLogger(__name__)
 
-Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-
-
-class GeneralistTrainer(Trainer):
+class GeneralistTrainer(TensorTrainer):
     """Generalist (Wang & Wang, CVPR 2023, https://arxiv.org/abs/2303.13813) for ART.
 
     A natural and a robust base learner (deep copies of the classifier's model with their own
@@ -90,10 +80,6 @@ class GeneralistTrainer(Trainer):
                  shared_lr: bool = True, per_iteration_schedules: bool = False, sync_init: bool = True,
                  val_max_iter: int = 20, augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  amp: bool = False, channels_last: bool = False, verbose: bool = True) -> None:
-        self.eps, self.eps_step, self.max_iter = eps, eps_step, max_iter
-        self.norm = ThreatModel.parse(norm)
-        self.clip_values = estimators.clip_range(classifier)
-        self.mean, self.std = estimators.mean_std(classifier)
         self.specs = list(learners) if learners is not None else [LearnerSpec("robust", "pgd"),
                                                                    LearnerSpec("natural", "natural")]
         self.ema_decay, self.ema_warmup, self.mix_buffers = ema_decay, ema_warmup, mix_buffers
@@ -102,40 +88,18 @@ class GeneralistTrainer(Trainer):
         self.mix_weights = mix_weights
         self.distribute_start, self.distribute_every = distribute_start, distribute_every
         self.distribute_per_iteration, self.shared_lr = distribute_per_iteration, shared_lr
-        self.per_iteration_schedules, self.val_max_iter = per_iteration_schedules, val_max_iter
-        self.augment, self.amp, self.channels_last, self.verbose = augment, amp, channels_last, verbose
+        self.per_iteration_schedules = per_iteration_schedules
         self._check_params(beta_schedule)
-
-        self.device = classifier.device
+        super().__init__(classifier, eps=eps, eps_step=eps_step, max_iter=max_iter, norm=norm,
+                         val_max_iter=val_max_iter, augment=augment, amp=amp, channels_last=channels_last,
+                         verbose=verbose)
         self.mixer = WeightMixer(mix_buffers=mix_buffers)
-        global_model = copy.deepcopy(classifier.model)
-        if channels_last:
-            global_model = global_model.to(memory_format=torch.channels_last)
-        global_clf = estimators.make_classifier(
-            classifier, global_model, estimators.clone_optimizer(classifier.optimizer, global_model))
-        super().__init__(global_clf)
-        self.global_ema = ModelEMA(global_model, ema_decay, ema_warmup, self.mixer, copy=False)
-        self.global_space = self._space(global_model)
+        self.global_ema = ModelEMA(self.global_space.model, ema_decay, ema_warmup, self.mixer, copy=False)
         self.learners = [self._build_learner(spec, classifier, sync_init) for spec in self.specs]
-        self.history: list[dict] = []
-        self._epochs_done = 0
+        self._engine: Optional[Generalist] = None
 
     # -- construction ---------------------------------------------------------------------
     def _check_params(self, beta_schedule: Any) -> None:
-        for name in ("eps", "eps_step"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-        lo, hi = self.clip_values
-        if (lo, hi) == (0.0, 1.0) and self.eps > 1:
-            raise ValueError(f"`eps`={self.eps} exceeds the (0, 1) input range: eps is in input units "
-                             f"(for 8/255 on [0, 1] images pass eps=8/255, not 8).")
-        if self.eps > hi - lo:
-            raise ValueError(f"`eps`={self.eps} exceeds the clip range width {hi - lo}.")
-        if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or self.max_iter < 1:
-            raise ValueError(f"`max_iter` must be an integer >= 1, got {self.max_iter!r}.")
-        if not isinstance(self.val_max_iter, int) or self.val_max_iter < 0:
-            raise ValueError(f"`val_max_iter` must be an integer >= 0, got {self.val_max_iter!r}.")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1], got {self.ema_decay}.")
         if isinstance(beta_schedule, (tuple, list)):
@@ -150,10 +114,6 @@ class GeneralistTrainer(Trainer):
             raise ValueError(f"Learner names must be unique, got {names}.")
         for spec in self.specs:
             resolve_objective(spec.objective)  # raises on unknown names
-
-    def _space(self, model: torch.nn.Module) -> InputSpace:
-        return InputSpace(model, self.clip_values, self.mean, self.std, amp=self.amp,
-                          channels_last=self.channels_last)
 
     def _build_learner(self, spec: LearnerSpec, template: "PyTorchClassifier", sync_init: bool) -> Learner:
         if spec.classifier is not None:
@@ -170,7 +130,7 @@ class GeneralistTrainer(Trainer):
         if sync_init:
             self.mixer.copy_(clf.model, self.global_ema.module)  # also checks that the keys match
         objective = resolve_objective(spec.objective, template.loss)
-        space = self._space(clf.model)
+        space = self.space(clf.model)
         attack = None
         if objective.attack_loss is not None:
             attack = TrainingAttack(space, spec.norm if spec.norm is not None else self.norm,
@@ -202,84 +162,8 @@ class GeneralistTrainer(Trainer):
     def natural_classifier(self) -> "PyTorchClassifier":
         return next(lrn.classifier for lrn in self.learners if lrn.attack is None)
 
-    def predict(self, x: "np.ndarray", batch_size: int = 128, **kwargs: Any) -> "np.ndarray":
-        """Predictions of the global learner (ART ``predict``)."""
-        return self.get_classifier().predict(x, batch_size=batch_size, **kwargs)
-
-    # -- data at the edge -------------------------------------------------------------------------
-    def _to_device(self, x: Any, y: Any, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
-        clf = self.get_classifier()
-        xt = check_x(x, clf.input_shape, self.clip_values, name)
-        yt = check_y(y, len(xt), clf.nb_classes, "y" if name == "x" else f"{name}'s labels")
-        return self.global_space.to_unit(xt.to(self.device)), yt.to(self.device)
-
-    def _tensor_batches(self, u: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
-                        drop_last: bool) -> Batches:
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            order = torch.randperm(len(u), device=u.device) if shuffle else torch.arange(len(u), device=u.device)
-            for idx in order.split(batch_size):
-                if drop_last and len(idx) < batch_size:
-                    return
-                yield u[idx], y[idx]
-        return batches
-
-    # -- fitting ----------------------------------------------------------------------------------
-    def fit(self, x: Any, y: Any, validation_data: Optional[tuple[Any, Any]] = None, nb_epochs: int = 20,
-            batch_size: int = 128, shuffle: bool = True, drop_last: bool = False,
-            restore_best: bool = False, **kwargs: Any) -> list[dict]:
-        """Train on arrays or tensors ``x`` (within ``clip_values``) and index or one-hot ``y``.
-
-        :param validation_data: ``(x_val, y_val)``; the global learner's clean and PGD accuracy
-            on it are logged each epoch (never use test data here).
-        :param restore_best: keep the global learner of the epoch with the best validation
-            clean + PGD accuracy (requires ``validation_data``).
-        :return: the history, one dict per epoch.
-        """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments to fit: {sorted(kwargs)}.")
-        self._check_loop_args(nb_epochs, batch_size)
-        u, yt = self._to_device(x, y)
-        nb_batches = len(u) // batch_size if drop_last else math.ceil(len(u) / batch_size)
-        if nb_batches == 0:
-            raise ValueError(f"`batch_size`={batch_size} with drop_last leaves no batch for {len(u)} examples.")
-        return self._fit(self._tensor_batches(u, yt, batch_size, shuffle, drop_last), nb_batches, nb_epochs,
-                         validation_data, restore_best)
-
-    def fit_generator(self, generator: "DataGenerator", nb_epochs: int = 20,
-                      validation_data: Optional[tuple[Any, Any]] = None, restore_best: bool = False,
-                      **kwargs: Any) -> list[dict]:
-        """Train on an ART ``DataGenerator`` (numpy batches, converted one batch at a time)."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments to fit_generator: {sorted(kwargs)}.")
-        self._check_loop_args(nb_epochs, generator.batch_size)
-        nb_batches = math.ceil(generator.size / generator.batch_size)
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for _ in range(nb_batches):
-                yield self._to_device(*generator.get_batch())
-        return self._fit(batches, nb_batches, nb_epochs, validation_data, restore_best)
-
-    def fit_loader(self, loader: Iterable, nb_epochs: int = 20, validation_data: Optional[tuple[Any, Any]] = None,
-                   restore_best: bool = False) -> list[dict]:
-        """Tensor-native training on a torch ``DataLoader`` of ``(x, y)`` in input units."""
-        self._check_loop_args(nb_epochs, 1)
-        nb_classes = self.get_classifier().nb_classes
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for xb, yb in loader:
-                xb = xb.to(self.device, torch.float32, non_blocking=True)
-                yb = yb.to(self.device, non_blocking=True)
-                if yb.dim() == 2 and yb.shape[1] == nb_classes:
-                    yb = yb.argmax(1)
-                yield self.global_space.to_unit(xb), yb.reshape(-1).long()
-        return self._fit(batches, len(loader), nb_epochs, validation_data, restore_best)
-
-    @staticmethod
-    def _check_loop_args(nb_epochs: int, batch_size: int) -> None:
-        if not isinstance(nb_epochs, int) or isinstance(nb_epochs, bool) or nb_epochs < 1:
-            raise ValueError(f"`nb_epochs` must be an integer >= 1, got {nb_epochs!r}.")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    # -- the loop ----------------------------------------------------------------------------------
+    name = "Generalist"
 
     def engine(self, nb_epochs: int) -> Generalist:
         """The tensor-native engine configured for a budget of ``nb_epochs``."""
@@ -288,82 +172,11 @@ class GeneralistTrainer(Trainer):
                           mix_weights=self.mix_weights, distribute_per_iteration=self.distribute_per_iteration,
                           shared_lr=self.shared_lr, per_iteration_schedules=self.per_iteration_schedules)
 
-    def _fit(self, batches: Batches, nb_batches: int, nb_epochs: int,
-             validation_data: Optional[tuple[Any, Any]], restore_best: bool) -> list[dict]:
-        if restore_best and validation_data is None:
-            raise ValueError("`restore_best=True` needs `validation_data` (model selection never uses test data).")
-        val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
-        engine = self.engine(nb_epochs)
-        best_score, best_state, history = -1.0, None, []
-        bar = tqdm(range(1, nb_epochs + 1), desc="Generalist", disable=not self.verbose, unit="epoch")
-        for epoch in bar:
-            start = time.perf_counter()
-            epoch_batches = tqdm(self._augmented(batches()), total=nb_batches, leave=False,
-                                 desc=f"epoch {epoch}", disable=not self.verbose, unit="batch")
-            record = engine.train_epoch(epoch, nb_epochs, epoch_batches, nb_batches)
-            record["seconds"] = time.perf_counter() - start
-            if val is not None:
-                record.update(self._validate(*val))
-                score = record["val_clean_acc"] + (record["val_pgd_acc"] if self.val_max_iter else 0.0)
-                if restore_best and score > best_score:
-                    best_score, best_state = score, copy.deepcopy(self.global_ema.module.state_dict())
-                    record["best"] = True
-            history.append(record)
-            bar.set_postfix(self._postfix(record))
-            logger.info("epoch %d/%d %s", epoch, nb_epochs, self._postfix(record))
-        if best_state is not None:
-            self.global_ema.module.load_state_dict(best_state)
-            logger.info("restored the global learner with the best validation score %.4f", best_score)
-        self._epochs_done += nb_epochs
-        self.history.extend(history)
-        return history
+    def _begin_fit(self, nb_epochs: int) -> None:
+        self._engine = self.engine(nb_epochs)
 
-    def _augmented(self, it: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.augment is None:
-            yield from it
-        else:
-            for u, y in it:
-                yield self.augment(u), y
+    def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
+        return self._engine.train_epoch(epoch, nb_epochs, batches, nb_batches)
 
-    def _validate(self, u: torch.Tensor, y: torch.Tensor) -> dict:
-        """Global learner's clean and PGD accuracy, with the training RNG stream untouched."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            start = time.perf_counter()
-            attack = None
-            if self.val_max_iter:
-                attack = TrainingAttack(self.global_space, self.norm, self.eps,
-                                        2.5 * self.eps / self.val_max_iter, self.val_max_iter)
-            clean, adv = robust_accuracy(self.global_space, u, y, attack)
-            return {"val_clean_acc": clean, "val_pgd_acc": adv if attack is not None else None,
-                    "val_seconds": time.perf_counter() - start}
-
-    @staticmethod
-    def _postfix(record: dict) -> dict:
-        post = {f"{k}_acc": f"{v['train_acc']:.3f}" for k, v in record["learners"].items()}
-        if "val_clean_acc" in record:
-            post["val"] = f"{record['val_clean_acc']:.3f}"
-            if record.get("val_pgd_acc") is not None:
-                post["val_pgd"] = f"{record['val_pgd_acc']:.3f}"
-        return post
-
-    # -- evaluation helpers -------------------------------------------------------------------------
-    def accuracy(self, x: Any, y: Any, model: str = "global", pgd_steps: int = 0,
-                 batch_size: int = 512) -> tuple[float, float]:
-        """(clean, PGD) accuracy of the global learner or a base learner (by name) on ``(x, y)``.
-
-        PGD uses the trainer's threat model and eps with ``pgd_steps`` steps of 2.5·eps/steps;
-        ``pgd_steps=0`` returns NaN for PGD. Seeds are left to the caller.
-        """
-        u, yt = self._to_device(x, y)
-        space = self.global_space if model == "global" else next(
-            (lrn.space for lrn in self.learners if lrn.name == model), None)
-        if space is None:
-            raise ValueError(f"Unknown model {model!r}: use 'global' or one of {[l.name for l in self.learners]}.")
-        attack = (TrainingAttack(space, self.norm, self.eps, 2.5 * self.eps / pgd_steps, pgd_steps)
-                  if pgd_steps else None)
-        return robust_accuracy(space, u, yt, attack, batch_size)
-
-    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Tensor-native predicted labels of the global learner for inputs in input units."""
-        return predict_labels(self.global_space, self.global_space.to_unit(x.to(self.device, torch.float32)))
+    def _models(self) -> dict[str, InputSpace]:
+        return {"global": self.global_space, **{lrn.name: lrn.space for lrn in self.learners}}

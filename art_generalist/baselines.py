@@ -1,0 +1,59 @@
+"""Single-learner adversarial training (PGD-AT, TRADES, MART, or natural) on the same engine.
+
+The reference point for Generalist at an equal budget: the same edge, attack, objectives and
+schedules, with one learner that is the shipped model.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+
+import torch
+
+from art_generalist.base_trainer import Batch, TensorTrainer
+from art_generalist.attacks import TrainingAttack
+from art_generalist.learners import Learner, LearnerSpec
+from art_generalist.objectives import Objective, resolve_objective
+from art_generalist.schedules import OFFICIAL_LR, Schedule, resolve_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from art.estimators.classification import PyTorchClassifier
+
+
+class AdversarialTrainerTensor(TensorTrainer):
+    """Madry PGD-AT (``objective="pgd"``), TRADES, MART or natural training of one model.
+
+    :param classifier: the user's ART ``PyTorchClassifier`` (copied; its optimizer is cloned).
+    :param objective: ``"pgd"``, ``"trades"``, ``"mart"``, ``"natural"`` or an Objective.
+    :param lr_schedule: ``"official"`` (Generalist's piecewise-linear decay), ``None`` or a callable.
+    Other arguments as :class:`~art_generalist.base_trainer.TensorTrainer`.
+    """
+
+    def __init__(self, classifier: "PyTorchClassifier", objective: Union[str, Objective] = "pgd",
+                 lr_schedule: Union[None, str, Schedule, tuple] = "official", **kwargs: Any) -> None:
+        super().__init__(classifier, **kwargs)
+        self.objective = resolve_objective(objective, classifier.loss)
+        self.name = type(self.objective).__name__
+        clf = self.get_classifier()
+        if clf.optimizer is None:
+            raise ValueError("The classifier needs an optimizer to be trained.")
+        attack = (TrainingAttack(self.global_space, self.norm, self.eps, self.eps_step, self.max_iter,
+                                 loss=self.objective.attack_loss)
+                  if self.objective.attack_loss is not None else None)
+        self.learner = Learner(LearnerSpec(self.objective.name, self.objective), clf, self.global_space,
+                               self.objective, attack, None,
+                               resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR))
+
+    def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
+        self.learner.set_lr(self.learner.scheduled_lr(epoch, nb_epochs))
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for u, y in batches:
+            loss, n_correct = self.learner.step(u, y)
+            loss_sum += loss * len(y)
+            correct += n_correct
+            seen += len(y)
+        return {"epoch": epoch, "examples": seen,
+                "learners": {self.learner.name: {"loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                                                 "lr": self.learner.optimizer.param_groups[0]["lr"],
+                                                 "adversarial": self.learner.attack is not None}}}
