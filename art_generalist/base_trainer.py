@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from art_generalist import estimators
 from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack, predict_labels, robust_accuracy
 from art_generalist.inputs import check_x, check_y
+from art_generalist.persistence import PersistenceMixin, list_checkpoints
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -31,12 +32,23 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 Batches = Callable[[], Iterator[Batch]]
 
 
+def describe(value: Any) -> Any:
+    """A plain, process-independent description of a setting (for checkpoints and reports)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    if hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return repr(value)
+
+
 def _check_int(value: Any, name: str, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
-class TensorTrainer(Trainer):
+class TensorTrainer(PersistenceMixin, Trainer):
     """Base class: the user's classifier is copied (never modified); training runs on tensors.
 
     :param classifier: an ART ``PyTorchClassifier`` with ``clip_values`` and mean/std
@@ -69,6 +81,9 @@ class TensorTrainer(Trainer):
             classifier, model, estimators.clone_optimizer(classifier.optimizer, model)))
         self.global_space = self.space(model)
         self.history: list[dict] = []
+        self._progress: dict = {"epoch": 0, "nb_epochs": 0, "step_in_epoch": 0, "global_step": 0,
+                                "fit_history_start": 0, "best_score": None}
+        self._best_state: Optional[dict] = None
 
     def _check_budget(self) -> None:
         for name in ("eps", "eps_step"):
@@ -89,6 +104,16 @@ class TensorTrainer(Trainer):
         return InputSpace(model, self.clip_values, self.mean, self.std, amp=self.amp,
                           channels_last=self.channels_last)
 
+    def settings(self) -> dict:
+        """The trainer's settings as a plain dict (stored in checkpoints and exports)."""
+        clf = self.get_classifier()
+        return {"trainer": type(self).__name__, "model": f"{type(clf.model).__module__}.{type(clf.model).__qualname__}",
+                "input_shape": list(clf.input_shape), "nb_classes": int(clf.nb_classes),
+                "clip_values": list(self.clip_values), "mean": [float(v) for v in self.mean],
+                "std": [float(v) for v in self.std], "eps": float(self.eps), "eps_step": float(self.eps_step),
+                "max_iter": self.max_iter, "norm": self.norm.value, "val_max_iter": self.val_max_iter,
+                "augment": describe(self.augment), "amp": self.amp, "channels_last": self.channels_last}
+
     # -- what subclasses implement --------------------------------------------------------------
     def _begin_fit(self, nb_epochs: int) -> None:
         """Prepare a run of ``nb_epochs`` (schedules that depend on the budget)."""
@@ -106,18 +131,18 @@ class TensorTrainer(Trainer):
         return self.get_classifier().predict(x, batch_size=batch_size, **kwargs)
 
     def fit(self, x: Any, y: Any, validation_data: Optional[tuple[Any, Any]] = None, nb_epochs: int = 20,
-            batch_size: int = 128, shuffle: bool = True, drop_last: bool = False,
-            restore_best: bool = False, **kwargs: Any) -> list[dict]:
+            batch_size: int = 128, shuffle: bool = True, drop_last: bool = False, **options: Any) -> list[dict]:
         """Train on ``x`` (within ``clip_values``) and index or one-hot ``y``.
 
         :param validation_data: ``(x_val, y_val)``: clean and PGD accuracy of the trained model
             each epoch (never pass test data).
-        :param restore_best: keep the model of the epoch with the best validation clean + PGD
-            accuracy (needs ``validation_data``).
-        :return: the history, one dict per epoch.
+        :param options: ``restore_best`` (keep the model of the epoch with the best validation
+            clean + PGD accuracy), ``checkpoint_dir``, ``checkpoint_every`` (epochs, default 1),
+            ``keep_last`` (checkpoints kept, default 3), ``resume`` (continue from the newest
+            checkpoint in ``checkpoint_dir``), ``stop_after`` (return after this epoch of the
+            budget, to be resumed later).
+        :return: the history of this run, one dict per epoch.
         """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments to fit: {sorted(kwargs)}.")
         self._check_loop_args(nb_epochs, batch_size)
         u, y_t = self._to_device(x, y)
         nb_batches = len(u) // batch_size if drop_last else math.ceil(len(u) / batch_size)
@@ -128,25 +153,24 @@ class TensorTrainer(Trainer):
             order = torch.randperm(len(u), device=u.device) if shuffle else torch.arange(len(u), device=u.device)
             for idx in order.split(batch_size)[:nb_batches]:
                 yield u[idx], y_t[idx]
-        return self._fit(batches, nb_batches, nb_epochs, validation_data, restore_best)
+        return self._fit(batches, nb_batches, nb_epochs, validation_data, **options)
 
     def fit_generator(self, generator: "DataGenerator", nb_epochs: int = 20,
-                      validation_data: Optional[tuple[Any, Any]] = None, restore_best: bool = False,
-                      **kwargs: Any) -> list[dict]:
-        """Train on an ART ``DataGenerator`` (numpy batches, converted one batch at a time)."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments to fit_generator: {sorted(kwargs)}.")
+                      validation_data: Optional[tuple[Any, Any]] = None, **options: Any) -> list[dict]:
+        """Train on an ART ``DataGenerator`` (numpy batches, converted one batch at a time);
+        ``options`` as :meth:`fit`."""
         self._check_loop_args(nb_epochs, generator.batch_size)
         nb_batches = math.ceil(generator.size / generator.batch_size)
 
         def batches() -> Iterator[Batch]:
             for _ in range(nb_batches):
                 yield self._to_device(*generator.get_batch())
-        return self._fit(batches, nb_batches, nb_epochs, validation_data, restore_best)
+        return self._fit(batches, nb_batches, nb_epochs, validation_data, **options)
 
     def fit_loader(self, loader: Iterable, nb_epochs: int = 20, validation_data: Optional[tuple[Any, Any]] = None,
-                   restore_best: bool = False) -> list[dict]:
-        """Tensor-native training on a torch ``DataLoader`` of ``(x, y)`` in input units."""
+                   **options: Any) -> list[dict]:
+        """Tensor-native training on a torch ``DataLoader`` of ``(x, y)`` in input units;
+        ``options`` as :meth:`fit`."""
         self._check_loop_args(nb_epochs, 1)
         nb_classes = self.get_classifier().nb_classes
 
@@ -157,7 +181,7 @@ class TensorTrainer(Trainer):
                 if yb.dim() == 2 and yb.shape[1] == nb_classes:
                     yb = yb.argmax(1)
                 yield self.global_space.to_unit(xb), yb.reshape(-1).long()
-        return self._fit(batches, len(loader), nb_epochs, validation_data, restore_best)
+        return self._fit(batches, len(loader), nb_epochs, validation_data, **options)
 
     # -- the loop ----------------------------------------------------------------------------------
     @staticmethod
@@ -171,14 +195,33 @@ class TensorTrainer(Trainer):
         y_t = check_y(y, len(x_t), clf.nb_classes, "y" if name == "x" else f"{name}'s labels")
         return self.global_space.to_unit(x_t.to(self.device)), y_t.to(self.device)
 
-    def _fit(self, batches: Batches, nb_batches: int, nb_epochs: int,
-             validation_data: Optional[tuple[Any, Any]], restore_best: bool) -> list[dict]:
+    def _fit(self, batches: Batches, nb_batches: int, nb_epochs: int, validation_data: Optional[tuple[Any, Any]],
+             restore_best: bool = False, checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
+             keep_last: int = 3, resume: bool = False, stop_after: Optional[int] = None) -> list[dict]:
         if restore_best and validation_data is None:
             raise ValueError("`restore_best=True` needs `validation_data` (model selection never uses test data).")
+        _check_int(checkpoint_every, "checkpoint_every", 1)
+        _check_int(keep_last, "keep_last", 1)
+        if resume and checkpoint_dir is None:
+            raise ValueError("`resume=True` needs `checkpoint_dir`.")
+        if stop_after is not None:
+            _check_int(stop_after, "stop_after", 1)
         val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
+        first = 1
+        found = list_checkpoints(checkpoint_dir) if resume else []
+        if found:
+            self.load_checkpoint(found[-1])
+            if self._progress["nb_epochs"] != nb_epochs:
+                raise ValueError(f"The checkpoint {found[-1]} belongs to a run of {self._progress['nb_epochs']} "
+                                 f"epochs; resume with nb_epochs={self._progress['nb_epochs']}, got {nb_epochs}.")
+            first = self._progress["epoch"] + 1
+        else:
+            self._progress.update(epoch=0, nb_epochs=nb_epochs, step_in_epoch=0, best_score=None,
+                                  fit_history_start=len(self.history))
+            self._best_state = None
         self._begin_fit(nb_epochs)
-        best_score, best_state, history = -math.inf, None, []
-        bar = tqdm(range(1, nb_epochs + 1), desc=self.name, disable=not self.verbose, unit="epoch")
+        bar = tqdm(range(first, nb_epochs + 1), desc=self.name, disable=not self.verbose, unit="epoch",
+                   initial=first - 1, total=nb_epochs)
         for epoch in bar:
             start = time.perf_counter()
             epoch_batches = tqdm(self._augmented(batches()), total=nb_batches, leave=False,
@@ -188,17 +231,25 @@ class TensorTrainer(Trainer):
             if val is not None:
                 record.update(self._validate(*val))
                 score = record["val_clean_acc"] + (record["val_pgd_acc"] or 0.0)
-                if restore_best and score > best_score:
-                    best_score, best_state = score, copy.deepcopy(self.global_space.model.state_dict())
+                best = self._progress["best_score"]
+                if restore_best and (best is None or score > best):
+                    self._progress["best_score"] = score
+                    self._best_state = copy.deepcopy(self.global_space.model.state_dict())
                     record["best"] = True
-            history.append(record)
+            self.history.append(record)
+            self._progress.update(epoch=epoch, global_step=self._progress["global_step"] + record["steps"])
             bar.set_postfix(self._postfix(record))
             logger.info("epoch %d/%d %s", epoch, nb_epochs, self._postfix(record))
-        if best_state is not None:
-            self.global_space.model.load_state_dict(best_state)
-            logger.info("restored the model with the best validation score %.4f", best_score)
-        self.history.extend(history)
-        return history
+            if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == nb_epochs):
+                self._write_epoch_checkpoint(checkpoint_dir, epoch, keep_last)
+            if stop_after is not None and epoch >= stop_after and epoch < nb_epochs:
+                logger.info("stopping after epoch %d of %d (stop_after)", epoch, nb_epochs)
+                break
+        else:
+            if self._best_state is not None:
+                self.global_space.model.load_state_dict(self._best_state)
+                logger.info("restored the model with the best validation score %.4f", self._progress["best_score"])
+        return self.history[self._progress["fit_history_start"]:]
 
     def _augmented(self, it: Iterator[Batch]) -> Iterator[Batch]:
         for u, y in it:

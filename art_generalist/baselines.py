@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 import torch
 
-from art_generalist.base_trainer import Batch, TensorTrainer
+from art_generalist.base_trainer import Batch, TensorTrainer, describe
 from art_generalist.attacks import TrainingAttack
 from art_generalist.learners import Learner, LearnerSpec
 from art_generalist.objectives import Objective, resolve_objective
@@ -43,17 +43,30 @@ class AdversarialTrainerTensor(TensorTrainer):
                                self.objective, attack, None,
                                resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR))
 
+    def settings(self) -> dict:
+        return {**super().settings(), "objective": repr(self.objective), "lr_schedule": describe(self.learner.schedule)}
+
+    def _model_state(self) -> dict:
+        return {"global": self.global_space.model.state_dict(), "optimizer": self.learner.optimizer.state_dict(),
+                "base_lrs": list(self.learner.base_lrs)}
+
+    def _load_model_state(self, state: dict) -> None:
+        self.global_space.model.load_state_dict(state["global"])
+        self.learner.optimizer.load_state_dict(state["optimizer"])
+        self.learner.base_lrs = list(state["base_lrs"])
+
     def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
         self.learner.set_lr(self.learner.scheduled_lr(epoch, nb_epochs))
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        seen = steps = 0
         for u, y in batches:
             loss, n_correct = self.learner.step(u, y)
             loss_sum += loss * len(y)
             correct += n_correct
             seen += len(y)
-        return {"epoch": epoch, "examples": seen,
+            steps += 1
+        return {"epoch": epoch, "examples": seen, "steps": steps,
                 "learners": {self.learner.name: {"loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                                                  "lr": self.learner.optimizer.param_groups[0]["lr"],
                                                  "adversarial": self.learner.attack is not None}}}

@@ -7,8 +7,8 @@ Per minibatch (x, y):
    optimizer step on them; its EMA teacher T_R follows;
 2. each natural base learner θ_N takes one step on the clean batch; its teacher T_N follows;
 3. the global learner mixes the teachers: G <- d·G + (1-d)·(β·T_R + (1-β)·T_N);
-4. during distribution epochs (from t' on, every c epochs) G is copied back into every base
-   learner after each iteration (optimizer state is kept).
+4. during distribution windows (from t' on, every c epochs, one epoch long in the official
+   run) G is copied back into every base learner after each iteration (optimizer state kept).
 
 β(e) is piecewise linear over the epoch budget, (0, E/3, 2E/3, E) -> (1, 1, 1, 0.4). Every EMA
 uses the decay ``min(0.999, (t+1)/(t+10))``. The global learner G is the model users ship.
@@ -23,7 +23,7 @@ import torch
 
 from art_generalist.learners import Learner
 from art_generalist.mixing import ModelEMA
-from art_generalist.schedules import Schedule
+from art_generalist.schedules import DistributionSchedule, Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class Generalist:
     :param beta_schedule: ``(epoch, nb_epochs) -> β``, the weight of the robust teachers.
     :param mix_weights: optional ``(epoch, nb_epochs) -> weights`` (one per learner, convex)
         replacing the β rule, for W >= 2 experts.
-    :param distribution_epochs: the epochs (1-based) in which G is copied into the learners.
-    :param distribute_per_iteration: copy after every iteration of those epochs (official) or
-        once at their end.
+    :param distribution: when G is copied into the learners (t', c, window length).
+    :param distribute_per_iteration: copy after every iteration of a window (official) or once
+        at its end.
     :param shared_lr: every learner uses the first learner's scheduled learning rate (the
         official code overwrites the natural learner's lr with the robust learner's).
     :param per_iteration_schedules: evaluate β and learning rates at fractional epochs (the
@@ -49,14 +49,14 @@ class Generalist:
     """
 
     def __init__(self, learners: Sequence[Learner], global_ema: ModelEMA, beta_schedule: Schedule,
-                 distribution_epochs: Iterable[int], mix_weights: Optional[MixWeights] = None,
+                 distribution: DistributionSchedule, mix_weights: Optional[MixWeights] = None,
                  distribute_per_iteration: bool = True, shared_lr: bool = True,
                  per_iteration_schedules: bool = False) -> None:
         if len(learners) < 2:
             raise ValueError(f"Generalist needs at least 2 base learners, got {len(learners)}.")
         self.learners, self.global_ema = list(learners), global_ema
         self.beta_schedule, self.mix_weights = beta_schedule, mix_weights
-        self.distribution_epochs = frozenset(distribution_epochs)
+        self.distribution = distribution
         self.distribute_per_iteration, self.shared_lr = distribute_per_iteration, shared_lr
         self.per_iteration_schedules = per_iteration_schedules
         robust = [i for i, lrn in enumerate(self.learners) if lrn.spec.is_robust]
@@ -96,7 +96,8 @@ class Generalist:
     def train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     nb_batches: int) -> dict:
         """One epoch (1-based ``epoch``) over ``batches`` of unit-range inputs and index labels."""
-        distributing = epoch in self.distribution_epochs
+        windows = self.distribution.windows(nb_epochs)
+        distributions = 0
         device = next(self.global_ema.module.parameters()).device
         loss_sum = torch.zeros(len(self.learners), device=device)
         correct = torch.zeros(len(self.learners), device=device, dtype=torch.long)
@@ -113,11 +114,11 @@ class Generalist:
                 loss_sum[k] += loss * len(y)
                 correct[k] += n_correct
             self.global_ema.update([lrn.teacher.module for lrn in self.learners], weights)  # step 3
-            if distributing and self.distribute_per_iteration:    # step 4
+            progress = (epoch - 1 + i / nb_batches, epoch - 1 + (i + 1) / nb_batches)
+            if self.distribution.active(windows, *progress, self.distribute_per_iteration):  # step 4
                 self.distribute()
+                distributions += 1
             seen += len(y)
-        if distributing and not self.distribute_per_iteration:
-            self.distribute()
         if seen == 0:
             raise ValueError("The epoch received no batches.")
         losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()  # one sync per epoch
@@ -125,8 +126,9 @@ class Generalist:
             "epoch": epoch,
             "beta": self.beta(t, nb_epochs) if self.mix_weights is None else None,
             "mix_weights": weights,
-            "distributed": distributing,
+            "distributions": distributions,
             "examples": seen,
+            "steps": i + 1,
             "learners": {lrn.name: {"loss": losses[k], "train_acc": accs[k],
                                     "lr": lrn.optimizer.param_groups[0]["lr"],
                                     "adversarial": lrn.attack is not None}

@@ -85,28 +85,71 @@ def ema_decay(step: int, decay: float = 0.999, warmup: bool = True) -> float:
     return min(decay, (step + 1.0) / (step + 10.0)) if warmup else decay
 
 
-def resolve_epoch_count(value: Union[int, float], nb_epochs: int, name: str, minimum: int) -> int:
-    """An epoch count given as a fraction of the budget (float) or in epochs (int)."""
+def resolve_epochs(value: Union[int, float], nb_epochs: int, name: str, positive: bool = True) -> float:
+    """An epoch span given as a fraction of the budget (float in [0, 1]) or in epochs (int)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be an int (epochs) or a float in [0, 1] (fraction), got {value!r}.")
+        raise ValueError(f"`{name}` must be an int (epochs) or a float in [0, 1] (fraction of the budget), "
+                         f"got {value!r}.")
     if isinstance(value, numbers.Integral):
-        if value < minimum:
-            raise ValueError(f"`{name}` in epochs must be >= {minimum}, got {value}.")
-        return int(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` as a fraction of the epoch budget must lie in [0, 1], got {value}.")
-    return max(minimum, int(round(value * nb_epochs)))
+        if value < 1:
+            raise ValueError(f"`{name}` in epochs must be >= 1, got {value}.")
+        return float(value)
+    if not 0.0 <= value <= 1.0 or (positive and value == 0):
+        raise ValueError(f"`{name}` as a fraction of the epoch budget must lie in (0, 1], got {value}.")
+    return float(value) * nb_epochs
 
 
-def distribution_epochs(nb_epochs: int, start: Union[int, float] = 0.625,
-                        every: Union[int, float] = 1 / 24) -> list[int]:
-    """Epochs (1-based) in which the global learner is copied back into the base learners.
+_TOL = 1e-9
 
-    The official rule is ``e >= t' and (e - t') % c == 0`` with t' = 75 and c = 5 at 120
-    epochs, i.e. epochs 75, 80, ..., 120. ``start`` (t') and ``every`` (c) are fractions of
-    the budget when floats (defaults 0.625 and 1/24 give 75 and 5 at 120 epochs) or epoch
-    counts when ints.
+
+class DistributionSchedule:
+    """When the global learner is copied back into the base learners (t', c).
+
+    The official code copies G after every iteration of epochs 75, 80, ..., 120 of a 120-epoch
+    run: windows of ``length`` = 1 epoch ending at ``start`` = t' = 75 and every ``every`` = c = 5
+    epochs after. Each argument is a fraction of the budget when a float (defaults 0.625, 1/24
+    and 1/120 reproduce 75, 5 and 1 at 120 epochs) or a number of epochs when an int. A short run
+    is the official run compressed in time: at 10 epochs the windows are 1/12 epoch long, ending
+    at epochs 6.25, 6.67, ..., 10.
+
+    Progress is measured in fractional epochs completed; iteration ``i`` of ``n`` in 1-based
+    epoch ``e`` covers progress ``(e-1 + i/n, e-1 + (i+1)/n]``. An iteration distributes when its
+    span overlaps a window (per-iteration mode, official), or contains a window's end (once).
     """
-    t0 = resolve_epoch_count(start, nb_epochs, "distribute_start", minimum=1)
-    c = resolve_epoch_count(every, nb_epochs, "distribute_every", minimum=1)
-    return [e for e in range(t0, nb_epochs + 1) if (e - t0) % c == 0]
+
+    def __init__(self, start: Union[int, float] = 0.625, every: Union[int, float] = 1 / 24,
+                 length: Union[int, float] = 1 / 120) -> None:
+        self.start, self.every, self.length = start, every, length
+        self.windows(120)  # validates the arguments
+
+    def windows(self, nb_epochs: int) -> list[tuple[float, float]]:
+        """The ``(begin, end]`` progress intervals of the distribution windows."""
+        end = resolve_epochs(self.start, nb_epochs, "distribute_start")
+        every = resolve_epochs(self.every, nb_epochs, "distribute_every")
+        length = resolve_epochs(self.length, nb_epochs, "distribute_length")
+        if length > every + _TOL:
+            raise ValueError(f"`distribute_length` ({length:g} epochs) must not exceed `distribute_every` "
+                             f"({every:g} epochs).")
+        count = int((nb_epochs - end) / every + _TOL) + 1 if end <= nb_epochs + _TOL else 0
+        return [(max(0.0, end + j * every - length), end + j * every) for j in range(count)]
+
+    @staticmethod
+    def active(windows: list[tuple[float, float]], before: float, after: float, per_iteration: bool = True) -> bool:
+        """Whether the iteration spanning progress ``(before, after]`` distributes."""
+        if per_iteration:
+            return any(lo < after - _TOL and hi > before + _TOL for lo, hi in windows)
+        return any(before + _TOL < hi <= after + _TOL for _, hi in windows)
+
+    def epochs(self, nb_epochs: int) -> list[int]:
+        """The 1-based epochs that contain (part of) a distribution window."""
+        wins = self.windows(nb_epochs)
+        return [e for e in range(1, nb_epochs + 1) if self.active(wins, e - 1.0, float(e))]
+
+    def __repr__(self) -> str:
+        return f"DistributionSchedule(start={self.start!r}, every={self.every!r}, length={self.length!r})"
+
+
+def distribution_epochs(nb_epochs: int, start: Union[int, float] = 0.625, every: Union[int, float] = 1 / 24,
+                        length: Union[int, float] = 1 / 120) -> list[int]:
+    """Epochs (1-based) that contain a distribution window: 75, 80, ..., 120 at 120 epochs."""
+    return DistributionSchedule(start, every, length).epochs(nb_epochs)

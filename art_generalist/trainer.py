@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, U
 import torch
 
 from art_generalist import estimators
-from art_generalist.base_trainer import Batch, TensorTrainer
+from art_generalist.base_trainer import Batch, TensorTrainer, describe
 from art_generalist.attacks import InputSpace, TrainingAttack
 from art_generalist.generalist import Generalist, MixWeights
 from art_generalist.learners import Learner, LearnerSpec, sgd
 from art_generalist.mixing import ModelEMA, WeightMixer
 from art_generalist.objectives import resolve_objective
-from art_generalist.schedules import (OFFICIAL_BETA, OFFICIAL_LR, Schedule, distribution_epochs,
-                                      resolve_schedule)
+from art_generalist.schedules import OFFICIAL_BETA, OFFICIAL_LR, DistributionSchedule, Schedule, resolve_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -50,10 +49,12 @@ class GeneralistTrainer(TensorTrainer):
         ((0, E/3, 2E/3, E) -> (1, 1, 1, 0.4)), a ``(knots, values)`` pair of fractional knots or a
         callable ``(epoch, nb_epochs) -> β``.
     :param mix_weights: optional callable ``(epoch, nb_epochs) -> weights`` (one per learner).
-    :param distribute_start, distribute_every: t' and c; floats are fractions of the epoch
-        budget (0.625 and 1/24 give 75 and 5 at 120 epochs), ints are epochs.
+    :param distribute_start, distribute_every, distribute_length: t', c and the length of a
+        distribution window; floats are fractions of the epoch budget (0.625, 1/24 and 1/120
+        give 75, 5 and 1 epoch at 120 epochs: a short run is the official run compressed), ints
+        are epochs. See :class:`~art_generalist.schedules.DistributionSchedule`.
     :param distribute_per_iteration: copy G into the learners after every iteration of a
-        distribution epoch (official) or once at its end.
+        window (official) or once at its end.
     :param mix_buffers: EMA and mix BatchNorm statistics like weights (official) or copy them.
     :param lr_schedule: learning-rate factor schedule for every learner (``"official"``:
         (0, E/3, 2E/3, E) -> (1, 1, 0.1, 0.01); ``None``: constant; or a callable).
@@ -75,7 +76,8 @@ class GeneralistTrainer(TensorTrainer):
                  learners: Optional[Sequence[LearnerSpec]] = None, ema_decay: float = 0.999,
                  ema_warmup: bool = True, beta_schedule: Union[str, Schedule, tuple] = "official",
                  mix_weights: Optional[MixWeights] = None, distribute_start: Union[int, float] = 0.625,
-                 distribute_every: Union[int, float] = 1 / 24, distribute_per_iteration: bool = True,
+                 distribute_every: Union[int, float] = 1 / 24, distribute_length: Union[int, float] = 1 / 120,
+                 distribute_per_iteration: bool = True,
                  mix_buffers: bool = True, lr_schedule: Union[None, str, Schedule, tuple] = "official",
                  shared_lr: bool = True, per_iteration_schedules: bool = False, sync_init: bool = True,
                  val_max_iter: int = 20, augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -86,7 +88,7 @@ class GeneralistTrainer(TensorTrainer):
         self.beta_schedule = resolve_schedule(beta_schedule, "beta_schedule", OFFICIAL_BETA)
         self.lr_schedule = resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR)
         self.mix_weights = mix_weights
-        self.distribute_start, self.distribute_every = distribute_start, distribute_every
+        self.distribution = DistributionSchedule(distribute_start, distribute_every, distribute_length)
         self.distribute_per_iteration, self.shared_lr = distribute_per_iteration, shared_lr
         self.per_iteration_schedules = per_iteration_schedules
         self._check_params(beta_schedule)
@@ -106,7 +108,6 @@ class GeneralistTrainer(TensorTrainer):
             bad = [v for v in beta_schedule[1] if not 0.0 <= float(v) <= 1.0]
             if bad:
                 raise ValueError(f"`beta_schedule` values must lie in [0, 1], got {list(beta_schedule[1])}.")
-        distribution_epochs(120, self.distribute_start, self.distribute_every)  # validates t' and c
         if len(self.specs) < 2:
             raise ValueError(f"`learners` must hold at least 2 LearnerSpec, got {len(self.specs)}.")
         names = [s.name for s in self.specs]
@@ -162,13 +163,43 @@ class GeneralistTrainer(TensorTrainer):
     def natural_classifier(self) -> "PyTorchClassifier":
         return next(lrn.classifier for lrn in self.learners if lrn.attack is None)
 
+    # -- state ---------------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        learners = [{"name": lrn.name, "objective": repr(lrn.objective),
+                     "attack": repr(lrn.attack) if lrn.attack is not None else None,
+                     "optimizer": type(lrn.optimizer).__name__, "lr_schedule": describe(lrn.schedule)}
+                    for lrn in self.learners]
+        return {**super().settings(), "learners": learners, "ema_decay": self.ema_decay,
+                "ema_warmup": self.ema_warmup, "beta_schedule": describe(self.beta_schedule),
+                "mix_weights": describe(self.mix_weights), "distribution": repr(self.distribution),
+                "distribute_per_iteration": self.distribute_per_iteration, "mix_buffers": self.mix_buffers,
+                "shared_lr": self.shared_lr, "per_iteration_schedules": self.per_iteration_schedules}
+
+    def _model_state(self) -> dict:
+        return {"global": self.global_ema.module.state_dict(), "global_updates": self.global_ema.num_updates,
+                "learners": {lrn.name: {"model": lrn.model.state_dict(), "optimizer": lrn.optimizer.state_dict(),
+                                        "base_lrs": list(lrn.base_lrs), "teacher": lrn.teacher.module.state_dict(),
+                                        "teacher_updates": lrn.teacher.num_updates}
+                             for lrn in self.learners}}
+
+    def _load_model_state(self, state: dict) -> None:
+        self.global_ema.module.load_state_dict(state["global"])
+        self.global_ema.num_updates = int(state["global_updates"])
+        for lrn in self.learners:
+            saved = state["learners"][lrn.name]
+            lrn.model.load_state_dict(saved["model"])
+            lrn.optimizer.load_state_dict(saved["optimizer"])
+            lrn.base_lrs = list(saved["base_lrs"])
+            lrn.teacher.module.load_state_dict(saved["teacher"])
+            lrn.teacher.num_updates = int(saved["teacher_updates"])
+
     # -- the loop ----------------------------------------------------------------------------------
     name = "Generalist"
 
     def engine(self, nb_epochs: int) -> Generalist:
         """The tensor-native engine configured for a budget of ``nb_epochs``."""
-        return Generalist(self.learners, self.global_ema, self.beta_schedule,
-                          distribution_epochs(nb_epochs, self.distribute_start, self.distribute_every),
+        self.distribution.windows(nb_epochs)  # validates t', c and the length for this budget
+        return Generalist(self.learners, self.global_ema, self.beta_schedule, self.distribution,
                           mix_weights=self.mix_weights, distribute_per_iteration=self.distribute_per_iteration,
                           shared_lr=self.shared_lr, per_iteration_schedules=self.per_iteration_schedules)
 
@@ -179,4 +210,6 @@ class GeneralistTrainer(TensorTrainer):
         return self._engine.train_epoch(epoch, nb_epochs, batches, nb_batches)
 
     def _models(self) -> dict[str, InputSpace]:
-        return {"global": self.global_space, **{lrn.name: lrn.space for lrn in self.learners}}
+        models = {"global": self.global_space, **{lrn.name: lrn.space for lrn in self.learners}}
+        models.update({f"teacher:{lrn.name}": self.space(lrn.teacher.module) for lrn in self.learners})
+        return models

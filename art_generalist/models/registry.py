@@ -64,4 +64,8 @@ def get_model(name: str, in_channels: int, num_classes: int, input_size: int) ->
         factory = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
-    return factory(in_channels, num_classes, input_size)
+    model = factory(in_channels, num_classes, input_size)
+    # Recorded so that exported weights can be rebuilt by name (never by importing a class path).
+    model.registry_spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
+                           "input_size": input_size}
+    return model
