@@ -30,10 +30,11 @@ setup(
         "tqdm",
         "scikit-learn",
         "safetensors",
+        "matplotlib",
     ],
+    entry_points={"console_scripts": ["art-generalist = art_generalist.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "matplotlib"],
-        "plot": ["matplotlib"],
+        "test": ["pytest>=7"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -6,6 +6,7 @@ tensor-native; :class:`GeneralistTrainer` is the thin ART adapter (numpy in, ART
 """
 from art_generalist.attacks import ThreatModel, TrainingAttack
 from art_generalist.baselines import AdversarialTrainerTensor
+from art_generalist.evaluation import EvaluationReport, evaluate
 from art_generalist.learners import LearnerSpec
 from art_generalist.mixing import ModelEMA, WeightMixer
 from art_generalist.objectives import MART, TRADES, AdversarialCE, NaturalCE, Objective
@@ -17,6 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "GeneralistTrainer",
     "AdversarialTrainerTensor",
+    "evaluate",
+    "EvaluationReport",
     "LearnerSpec",
     "ModelEMA",
     "WeightMixer",

@@ -257,7 +257,8 @@ class TensorTrainer(PersistenceMixin, Trainer):
 
     def _validate(self, u: torch.Tensor, y: torch.Tensor) -> dict:
         """Clean and PGD accuracy of the trained model, with the training RNG stream untouched."""
-        devices = [self.device] if self.device.type == "cuda" else []
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             start = time.perf_counter()
             clean, adv = robust_accuracy(self.global_space, u, y, self._eval_attack(self.global_space, self.val_max_iter))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import re
 import tempfile
@@ -52,7 +51,9 @@ def safe_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") ->
         raise FileNotFoundError(f"No checkpoint at {path}.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # torch raises UnpicklingError("Weights only load failed ...")
+        if type(err).__name__ != "UnpicklingError" and "Weights only load failed" not in str(err):
+            raise
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:  # not a zip checkpoint: fall back to the names in the message

@@ -67,37 +67,36 @@ class AdversarialCE(Objective):
         return ObjectiveOutput(self.loss_fn(logits, y), logits)
 
 
-class TRADES(Objective):
+class _Regularised(Objective):
+    """An objective with a robustness weight ``beta`` >= 0."""
+
+    def __init__(self, beta: float = 6.0) -> None:
+        if beta < 0:
+            raise ValueError(f"{type(self).__name__} `beta` must be >= 0, got {beta}.")
+        self.beta = float(beta)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta={self.beta})"
+
+
+class TRADES(_Regularised):
     """TRADES (Zhang et al., 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))`` with the
     KL-maximising inner attack, as in yaodongyu/TRADES ``trades_loss``."""
 
     attack_loss = "kl"
     name = "trades"
 
-    def __init__(self, beta: float = 6.0) -> None:
-        if beta < 0:
-            raise ValueError(f"TRADES `beta` must be >= 0, got {beta}.")
-        self.beta = float(beta)
-
     def __call__(self, model, x, y, x_adv):
         logits_nat, logits_adv = model(x), model(x_adv)  # separate passes: BatchNorm sees each batch alone
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_nat, 1), reduction="batchmean")
         return ObjectiveOutput(F.cross_entropy(logits_nat, y) + self.beta * kl, logits_adv)
 
-    def __repr__(self) -> str:
-        return f"TRADES(beta={self.beta})"
 
-
-class MART(Objective):
+class MART(_Regularised):
     """MART (Wang et al., ICLR 2020) with CE-PGD examples, as in YisenWang/MART ``mart_loss``."""
 
     attack_loss = "ce"
     name = "mart"
-
-    def __init__(self, beta: float = 6.0) -> None:
-        if beta < 0:
-            raise ValueError(f"MART `beta` must be >= 0, got {beta}.")
-        self.beta = float(beta)
 
     def __call__(self, model, x, y, x_adv):
         logits_nat, logits_adv = model(x), model(x_adv)  # separate passes: BatchNorm sees each batch alone
@@ -110,9 +109,6 @@ class MART(Objective):
         kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
         loss_robust = (kl * (1.0000001 - true_probs)).mean()
         return ObjectiveOutput(loss_adv + self.beta * loss_robust, logits_adv)
-
-    def __repr__(self) -> str:
-        return f"MART(beta={self.beta})"
 
 
 _NAMES = {"natural": NaturalCE, "clean": NaturalCE, "pgd": AdversarialCE, "ce": AdversarialCE,

@@ -50,12 +50,18 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for Generalist")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--skip-art", action="store_true")
+    p.add_argument("--also-channels-last", action="store_true",
+                   help="also time Generalist with channels_last (a third interleaved timing)")
     p.add_argument("--json", default=None, help="write the timings here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, root=args.data_root, n_train=args.n, n_test=16)
     x, y = data.x_train, data.y_train
     times: dict[str, list[float]] = {"art_madry": [], "generalist": []}
+    variants = {"generalist": dict(amp=args.amp, channels_last=args.channels_last)}
+    if args.also_channels_last:
+        times["generalist_channels_last"] = []
+        variants["generalist_channels_last"] = dict(amp=args.amp, channels_last=True)
     for rep in range(args.repeats):
         if not args.skip_art:
             art = AdversarialTrainerMadryPGD(classifier(data, args.device, rep), nb_epochs=1, batch_size=args.batch_size,
@@ -63,20 +69,21 @@ def main() -> None:
             start = time.perf_counter()
             art.fit(x, y)
             times["art_madry"].append(time.perf_counter() - start)
-        gen = GeneralistTrainer(classifier(data, args.device, rep), eps=args.eps, eps_step=args.eps_step,
-                                max_iter=args.max_iter, amp=args.amp, channels_last=args.channels_last,
-                                verbose=False)
-        start = time.perf_counter()
-        gen.fit(x, y, nb_epochs=1, batch_size=args.batch_size)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        times["generalist"].append(time.perf_counter() - start)
+        for name, options in variants.items():
+            gen = GeneralistTrainer(classifier(data, args.device, rep), eps=args.eps, eps_step=args.eps_step,
+                                    max_iter=args.max_iter, verbose=False, **options)
+            start = time.perf_counter()
+            gen.fit(x, y, nb_epochs=1, batch_size=args.batch_size)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
         print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     for k, v in med.items():
         print(f"{k:12s} median {v:7.2f} s/epoch  {args.n / v:7.1f} ex/s")
     if "art_madry" in med:
-        print(f"ratio generalist / art_madry = {med['generalist'] / med['art_madry']:.3f}")
+        for name in variants:
+            print(f"ratio {name} / art_madry = {med[name] / med['art_madry']:.3f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "times": times, "median": med, "torch": torch.__version__}, fh, indent=2)

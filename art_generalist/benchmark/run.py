@@ -1,0 +1,231 @@
+"""The one-command benchmark: Generalist, ART Madry and ART TRADES at the same budget.
+
+Same model, data, epochs, ε, PGD budget, optimizer and learning-rate schedule; the same
+evaluation (clean, PGD, AutoAttack, per-example worst case) on the same test points, with the
+integrity checks reported. Writes ``results.json``, ``results.md`` and ``tradeoff.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from art_generalist.baselines import AdversarialTrainerTensor
+from art_generalist.benchmark.art_baselines import WORKAROUNDS, ARTTrainerRun
+from art_generalist.data import load_dataset
+from art_generalist.models import get_model
+from art_generalist.trainer import GeneralistTrainer
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades")
+DEFAULT_MODELS = {"digits": "digits_net", "mnist": "smallcnn", "fashion_mnist": "smallcnn", "cifar10": "resnet18",
+                  "cifar100": "resnet18", "svhn": "resnet18"}
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything a benchmark run depends on (all methods share it)."""
+
+    dataset: str = "digits"
+    model: Optional[str] = None
+    epochs: int = 10
+    eps: Optional[float] = None
+    eps_step: Optional[float] = None
+    max_iter: int = 10
+    methods: tuple[str, ...] = ("generalist", "art_madry", "art_trades")
+    n_train: Optional[int] = None
+    n_val: int = 200
+    n_eval: int = 300
+    aa_version: str = "fast"
+    pgd_steps: int = 20
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    trades_beta: float = 6.0
+    data_root: Optional[str] = None
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "results"
+    verbose: bool = True
+    generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown `methods` {unknown}: choose from {list(METHODS)}.")
+        if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1:
+            raise ValueError("`epochs`, `n_eval` and `max_iter` must be >= 1.")
+
+
+def build_classifier(model: nn.Module, data: Any, cfg: BenchmarkConfig):
+    """The ART classifier every method starts from (same weights, optimizer and preprocessing)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
+    return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=data.input_shape,
+                             nb_classes=data.nb_classes, clip_values=(0.0, 1.0),
+                             preprocessing=(float(mean[0]) if mean.size == 1 else mean,
+                                            float(std[0]) if std.size == 1 else std),
+                             device_type="gpu" if cfg.device.startswith("cuda") else "cpu")
+
+
+def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
+    clf = build_classifier(model, data, cfg)
+    budget = dict(eps=cfg.eps, eps_step=cfg.eps_step, max_iter=cfg.max_iter)
+    fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size)
+    info: dict[str, Any] = {"workarounds": []}
+    start = time.perf_counter()
+    if method == "generalist":
+        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **cfg.generalist)
+        history = trainer.fit(*split["train"], **fit)
+        extra = {f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
+    elif method in ("pgd_at", "trades"):
+        trainer = AdversarialTrainerTensor(clf, objective="pgd" if method == "pgd_at" else "trades",
+                                           verbose=cfg.verbose, **budget)
+        history = trainer.fit(*split["train"], **fit)
+        extra = {}
+    else:
+        trainer = ARTTrainerRun(clf, "madry" if method == "art_madry" else "trades", trades_beta=cfg.trades_beta,
+                                verbose=cfg.verbose, **budget)
+        history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              validation_data=split["val"])
+        info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
+        extra = {}
+    seconds = time.perf_counter() - start
+    epoch_seconds = [r["seconds"] for r in history]
+    info.update(train_seconds=seconds, epoch_seconds=epoch_seconds,
+                examples_per_s=len(split["train"][0]) * cfg.epochs / sum(epoch_seconds), history=history,
+                extra_models=extra)
+    classifier = trainer.get_classifier() if hasattr(trainer, "get_classifier") else trainer.classifier
+    return classifier, info
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Train every method, evaluate each the same way, write the three result files."""
+    from art_generalist.evaluation import evaluate
+
+    data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed,
+                        n_train=None if cfg.n_train is None else cfg.n_train + cfg.n_val)
+    cfg.model = cfg.model or DEFAULT_MODELS[cfg.dataset]
+    cfg.eps = data.eps if cfg.eps is None else cfg.eps
+    cfg.eps_step = cfg.eps_step or 2.5 * cfg.eps / cfg.max_iter
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(data.x_train))  # validation comes from the training split, never the test set
+    val_idx, train_idx = order[:cfg.n_val], order[cfg.n_val:]
+    split = {"train": (data.x_train[train_idx], data.y_train[train_idx]),
+             "val": (data.x_train[val_idx], data.y_train[val_idx]) if cfg.n_val else None}
+    test_idx = np.sort(rng.permutation(len(data.x_test))[:cfg.n_eval])
+    x_test, y_test = data.x_test[test_idx], data.y_test[test_idx]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, reports = [], {}
+    for method in cfg.methods:
+        logger.info("training %s", method)
+        classifier, info = _train(method, cfg, data, split)
+        report = evaluate(classifier, x_test, y_test, eps=cfg.eps, attacks=("pgd", "autoattack"),
+                          aa_version=cfg.aa_version, pgd_steps=cfg.pgd_steps, seed=cfg.seed, device=cfg.device,
+                          model_name=method, progress=cfg.verbose)
+        reports[method] = report.to_dict()
+        rows.append(_row(method, report, info))
+        for name, space in info.pop("extra_models").items():
+            rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))
+        reports[method]["training"] = {k: v for k, v in info.items()}
+    results = {"config": {k: v for k, v in vars(cfg).items()}, "rows": rows, "reports": reports,
+               "machine": _machine(), "n_train": len(split["train"][0]), "n_eval": len(x_test)}
+    _write(out, results)
+    return results
+
+
+def _evaluate_space(space, template, x, y, cfg):
+    """Evaluate a teacher (an extra model behind the same pipeline) with the same evaluation."""
+    from art_generalist import estimators
+    from art_generalist.evaluation import evaluate
+
+    clf = estimators.make_classifier(template, space.model, None)
+    return evaluate(clf, x, y, eps=cfg.eps, attacks=("pgd", "autoattack"), aa_version=cfg.aa_version,
+                    pgd_steps=cfg.pgd_steps, seed=cfg.seed, device=cfg.device, model_name="teacher",
+                    progress=cfg.verbose)
+
+
+def _row(name: str, report: Any, info: Optional[dict]) -> dict:
+    attacks = report.attacks
+    return {"method": name, "clean": report.clean_acc, "pgd": attacks.get("pgd", {}).get("acc"),
+            "autoattack": attacks.get("autoattack", {}).get("acc"), "worst_case": report.robust_acc,
+            "reliable": report.reliable, "unreliable_reasons": report.unreliable_reasons,
+            "train_seconds": info["train_seconds"] if info else None,
+            "examples_per_s": info["examples_per_s"] if info else None,
+            "workarounds": [w["id"] for w in info["workarounds"]] if info else [], "base_learner": info is None}
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def format_table(rows: list[dict]) -> str:
+    """The markdown table printed and written to results.md."""
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.2f}"
+
+    def num(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    lines = ["| method | clean | PGD | AutoAttack | worst case | train s | examples/s | reliable |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reliable = "yes" if r["reliable"] else "NO: " + "; ".join(r["unreliable_reasons"])
+        lines.append(f"| {r['method']} | {pct(r['clean'])} | {pct(r['pgd'])} | {pct(r['autoattack'])} | "
+                     f"{pct(r['worst_case'])} | {num(r['train_seconds'], '.1f')} | "
+                     f"{num(r['examples_per_s'], '.0f')} | {reliable} |")
+    return "\n".join(lines)
+
+
+def _write(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    cfg = results["config"]
+    md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",
+          "", f"Training examples: {results['n_train']}; evaluated on {results['n_eval']} test points; "
+          f"AutoAttack version `{cfg['aa_version']}`; PGD-{cfg['pgd_steps']}; seed {cfg['seed']}.", "",
+          format_table(results["rows"]), "", "## ART workarounds applied", ""]
+    seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
+    md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
+    md += ["", f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)", ""]
+    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
+    _plot(out / "tradeoff.png", results["rows"], cfg)
+
+
+def _plot(path: Path, rows: list[dict], cfg: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for r in rows:
+        robust = r["autoattack"] if r["autoattack"] is not None else r["worst_case"]
+        marker = "x" if r["base_learner"] else "o"
+        ax.scatter(100 * r["clean"], 100 * robust, marker=marker, s=60)
+        ax.annotate(r["method"], (100 * r["clean"], 100 * robust), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"AutoAttack accuracy (%), {cfg['aa_version']}")
+    ax.set_title(f"{cfg['dataset']} ε={cfg['eps']:g}: clean vs robust (x: Generalist teachers)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

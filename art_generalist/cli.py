@@ -1,0 +1,144 @@
+"""``art-generalist``: benchmark, train and evaluate from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from art_generalist.benchmark.run import DEFAULT_MODELS, METHODS, BenchmarkConfig, build_classifier, format_table
+from art_generalist.data import DATASETS
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    p.add_argument("--model", default=None, help="model registry name (default: per data set)")
+    p.add_argument("--eps", type=float, default=None, help="ε in [0, 1] input units (default: per data set)")
+    p.add_argument("--data-root", default=None, help="default: $ART_GENERALIST_DATA")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--eps-step", type=float, default=None, help="default 2.5·eps/max_iter")
+    p.add_argument("--max-iter", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--n-train", type=int, default=None, help="training subset size (default: all)")
+    p.add_argument("--n-val", type=int, default=200, help="validation points taken from the training split")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="art-generalist", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("benchmark", help="Generalist vs ART Madry vs ART TRADES at the same budget")
+    _common(b)
+    _training(b)
+    b.add_argument("--methods", default="generalist,art_madry,art_trades", help=f"comma list of {list(METHODS)}")
+    b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
+    b.add_argument("--aa-version", default="fast", help="AutoAttack: standard, fast (APGD-CE + APGD-T), apgd-ce")
+    b.add_argument("--pgd-steps", type=int, default=20)
+    b.add_argument("--out", default="results")
+    t = sub.add_parser("train", help="train one method, checkpoint, export the model")
+    _common(t)
+    _training(t)
+    t.add_argument("--method", default="generalist", choices=["generalist", "pgd_at", "trades", "mart"])
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--checkpoint-every", type=int, default=1)
+    t.add_argument("--resume", action="store_true")
+    e = sub.add_parser("evaluate", help="evaluate an exported model (clean, PGD, CW, AutoAttack, checks)")
+    _common(e)
+    e.add_argument("model_path", help="a .safetensors file written by `train` or `trainer.export`")
+    e.add_argument("--n-eval", type=int, default=1000)
+    e.add_argument("--attacks", default="pgd,cw,autoattack")
+    e.add_argument("--aa-version", default="standard")
+    e.add_argument("--pgd-steps", type=int, default=50)
+    e.add_argument("--checks", default="cheap", choices=["cheap", "all", "none"])
+    e.add_argument("--out", default=None, help="write the report as JSON here")
+    return root
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return {"benchmark": _benchmark, "train": _train, "evaluate": _evaluate}[args.command](args)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from art_generalist.benchmark.run import run_benchmark
+
+    cfg = BenchmarkConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, eps=args.eps,
+                          eps_step=args.eps_step, max_iter=args.max_iter,
+                          methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                          n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, aa_version=args.aa_version,
+                          pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
+                          device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet)
+    results = run_benchmark(cfg)
+    print(format_table(results["rows"]))
+    print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
+    from art_generalist.data import load_dataset
+    from art_generalist.models import get_model
+
+    data = load_dataset(args.dataset, root=args.data_root, seed=args.seed,
+                        n_train=None if args.n_train is None else args.n_train + args.n_val)
+    eps = data.eps if args.eps is None else args.eps
+    cfg = BenchmarkConfig(dataset=args.dataset, lr=args.lr, device=args.device)
+    model = get_model(args.model or DEFAULT_MODELS[args.dataset], data.input_shape[0], data.nb_classes,
+                      data.input_shape[-1])
+    clf = build_classifier(model, data, cfg)
+    budget = dict(eps=eps, eps_step=args.eps_step or 2.5 * eps / args.max_iter, max_iter=args.max_iter,
+                  verbose=not args.quiet)
+    trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"
+               else AdversarialTrainerTensor(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
+    n_val = args.n_val
+    x_val, y_val = data.x_train[:n_val], data.y_train[:n_val]
+    out = Path(args.out)
+    history = trainer.fit(data.x_train[n_val:], data.y_train[n_val:], nb_epochs=args.epochs,
+                          batch_size=args.batch_size, validation_data=(x_val, y_val) if n_val else None,
+                          checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
+                          resume=args.resume)
+    weights, meta = trainer.export(out / "model.safetensors")
+    (out / "history.json").write_text(json.dumps(history, indent=2, default=str) + "\n", encoding="utf-8")
+    last = history[-1]
+    print(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
+          f"PGD {last.get('val_pgd_acc')}; wrote {weights} and {meta}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from art_generalist.data import load_dataset
+    from art_generalist.evaluation import evaluate
+    from art_generalist.export import load_exported, read_metadata
+
+    meta = read_metadata(args.model_path)
+    clf = load_exported(args.model_path, device_type="gpu" if args.device.startswith("cuda") else "cpu")
+    data = load_dataset(args.dataset, root=args.data_root, seed=args.seed, n_test=args.n_eval)
+    eps = meta["threat_model"]["eps"] if args.eps is None else args.eps
+    report = evaluate(clf, data.x_test, data.y_test, eps=eps, norm="inf" if meta["threat_model"]["norm"] == "linf" else 2,
+                      attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+                      aa_version=args.aa_version, pgd_steps=args.pgd_steps, seed=args.seed, device=args.device,
+                      checks=None if args.checks == "none" else args.checks, model_name=str(args.model_path),
+                      progress=not args.quiet)
+    print(report.summary())
+    if args.out:
+        report.to_json(args.out)
+    return 0 if report.reliable else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The result of :func:`~art_generalist.evaluation.evaluate`: numbers, checks, provenance.
+
+Modelled on RobustBench's ``model_info`` JSON (clean and AutoAttack accuracy, ε, n, an
+``unreliable`` flag), extended with every attack's own accuracy, the per-example worst case, the
+integrity checks and the package versions, so a number can be traced back to how it was made.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = ["EvaluationReport", "package_versions"]
+
+_PACKAGES = ("art-generalist", "torch", "adversarial-robustness-toolbox", "torchattacks", "pyautoattack",
+             "autoattack", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape the numbers (absent ones omitted)."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class EvaluationReport:
+    """Robustness of one model under one threat model.
+
+    Accuracies are fractions of all ``n`` points. ``attacks[name]["acc"]`` is that attack's own
+    robust accuracy (run on every clean-correct point); ``"cumulative_acc"`` is the worst case
+    over it and the attacks before it (AutoAttack-style aggregation); ``robust_acc`` is the
+    per-example worst case over all attacks, so ``robust_acc ≤ clean_acc`` by construction.
+    ``reliable`` is False when any integrity check failed (see ``unreliable_reasons``).
+    """
+
+    model_name: str
+    n: int
+    eps: float                      #: ε in the classifier's input units
+    eps_unit: float                 #: ε in unit range (ε / (hi − lo)), what the attacks use
+    norm: str                       #: "Linf" or "L2"
+    seed: int
+    clean_acc: float
+    robust_acc: float
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    autoattack: Optional[dict[str, Any]] = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    reliable: bool = True
+    unreliable_reasons: list[str] = field(default_factory=list)
+    per_example: dict[str, list[bool]] = field(default_factory=dict)  #: "clean", "robust" flags
+    model_training_on_entry: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=package_versions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (plain Python types only)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self, path: Union[str, os.PathLike[str]], indent: int = 2) -> Path:
+        """Write the report as JSON atomically (temporary file, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=indent, allow_nan=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_json(cls, path: Union[str, os.PathLike[str]]) -> "EvaluationReport":
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def summary(self) -> str:
+        """One line: model, threat model, clean / per-attack / worst-case accuracy, reliability."""
+        parts = " ".join(f"{name}={res['acc']:.2%}" for name, res in self.attacks.items())
+        status = "reliable" if self.reliable else f"UNRELIABLE ({'; '.join(self.unreliable_reasons)})"
+        return (f"{self.model_name}: {self.norm} eps={self.eps:g} n={self.n} clean={self.clean_acc:.2%} "
+                f"{parts}{' ' if parts else ''}robust={self.robust_acc:.2%} [{status}]")

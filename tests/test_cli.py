@@ -1,0 +1,43 @@
+"""The console script end to end at a tiny size."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from art_generalist.cli import main
+
+
+def test_benchmark_end_to_end_tiny(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--epochs", "1", "--n-train", "192", "--n-val", "64", "--n-eval", "24",
+                 "--max-iter", "2", "--aa-version", "apgd-ce", "--pgd-steps", "3", "--batch-size", "64",
+                 "--out", str(out), "--quiet", "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for method in ("generalist", "art_madry", "art_trades"):
+        assert f"| {method} |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in results["rows"]} >= {"generalist", "art_madry", "art_trades"}
+    for row in results["rows"]:
+        assert row["worst_case"] <= row["clean"]
+    madry = next(r for r in results["rows"] if r["method"] == "art_madry")
+    assert "epochwise_lr" in madry["workarounds"] and "own_validation" in madry["workarounds"]
+    assert (out / "results.md").read_text().count("| art_trades |") == 1
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--n-train", "128", "--n-val", "32", "--max-iter", "2",
+                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "checkpoints").is_dir()
+    code = main(["evaluate", str(out / "model.safetensors"), "--n-eval", "24", "--attacks", "pgd",
+                 "--pgd-steps", "3", "--out", str(tmp_path / "report.json"), "--quiet", "--threads", "1"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code in (0, 1) and report["clean_acc"] >= report["robust_acc"]
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="Unknown `methods`"):
+        main(["benchmark", "--methods", "generalist,fgsm", "--quiet"])
