@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")  # other libraries: warnings only
+    logging.getLogger("art_generalist").setLevel(logging.WARNING if args.quiet else logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
