@@ -5,7 +5,7 @@ schedules, with one learner that is the shipped model.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
 import torch
 

@@ -33,7 +33,6 @@ def art_data_root(_default_data_env: None) -> Path:
 
 
 # -- tiny models and data shared by the trainer tests ----------------------------------------------
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
