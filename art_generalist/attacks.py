@@ -56,6 +56,7 @@ class InputSpace(nn.Module):
         self.register_buffer("mean", _broadcastable(mean, device), persistent=False)
         self.register_buffer("std", _broadcastable(std, device), persistent=False)
         self.amp, self.channels_last = bool(amp), bool(channels_last)
+        self.train(model.training)  # mirror the wrapped model's mode (nn.Module defaults to train)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.lo) / self.scale
@@ -119,7 +120,7 @@ class TrainingAttack:
 @torch.no_grad()
 def predict_labels(space: InputSpace, u: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Argmax predictions of ``space`` in eval mode for unit-range inputs (mode restored)."""
-    was_training = space.training
+    was_training = space.model.training
     space.eval()
     try:
         return torch.cat([space(u[i:i + batch_size]).argmax(1) for i in range(0, len(u), batch_size)])

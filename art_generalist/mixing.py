@@ -103,14 +103,14 @@ class ModelEMA:
     with ``d_t = min(decay, (t+1)/(t+10))`` (warm-up) where ``t`` counts this EMA's updates.
     With ``copy=True`` (teachers) the EMA is a deep copy kept in eval mode with gradients
     disabled; with ``copy=False`` (the global learner, which users keep training or attacking)
-    ``model`` itself is updated in place.
+    ``model`` itself is updated in place and put in eval mode (it is never trained directly).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True,
                  mixer: Optional[WeightMixer] = None, copy: bool = True) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1], got {decay}.")
-        self.module = _copy.deepcopy(model).eval() if copy else model
+        self.module = (_copy.deepcopy(model) if copy else model).eval()
         if copy:
             for p in self.module.parameters():
                 p.requires_grad_(False)

@@ -91,6 +91,7 @@ def test_history_and_validation_do_not_disturb_training(small):
     assert set(record["learners"]) == {"robust", "natural"}
     assert {"loss", "train_acc", "lr"} <= set(record["learners"]["robust"])
     assert 0 <= record["val_pgd_acc"] <= record["val_clean_acc"] <= 1
+    assert not runs[1][0].get_classifier().model.training  # validation leaves the global learner in eval mode
     assert record["beta"] == pytest.approx(0.4) and sum(record["mix_weights"]) == pytest.approx(1)
 
 
