@@ -98,10 +98,9 @@ def _train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, root=args.data_root, seed=args.seed,
                         n_train=None if args.n_train is None else args.n_train + args.n_val)
     eps = data.eps if args.eps is None else args.eps
-    cfg = BenchmarkConfig(dataset=args.dataset, lr=args.lr, device=args.device)
     model = get_model(args.model or DEFAULT_MODELS[args.dataset], data.input_shape[0], data.nb_classes,
                       data.input_shape[-1])
-    clf = build_classifier(model, data, cfg)
+    clf = build_classifier(model, data, lr=args.lr, device=args.device)
     budget = dict(eps=eps, eps_step=args.eps_step or 2.5 * eps / args.max_iter, max_iter=args.max_iter,
                   verbose=not args.quiet)
     trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"

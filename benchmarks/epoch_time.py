@@ -14,25 +14,20 @@ import json
 import statistics
 import time
 
-import numpy as np
 import torch
 from art.defences.trainer import AdversarialTrainerMadryPGD
 from art.estimators.classification import PyTorchClassifier
-from torch import nn
 
 from art_generalist import GeneralistTrainer
+from art_generalist.benchmark.run import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import SmallCNN
 
 
-def classifier(info, device: str, seed: int) -> PyTorchClassifier:
+def classifier(data, device: str, seed: int) -> PyTorchClassifier:
     torch.manual_seed(seed)
-    model = SmallCNN(in_channels=info.input_shape[0], num_classes=info.nb_classes, input_size=info.input_shape[-1])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=info.input_shape,
-                             nb_classes=info.nb_classes, clip_values=(0.0, 1.0),
-                             preprocessing=(np.array(info.mean), np.array(info.std)),
-                             device_type="gpu" if device == "cuda" else "cpu")
+    model = SmallCNN(in_channels=data.input_shape[0], num_classes=data.nb_classes, input_size=data.input_shape[-1])
+    return build_classifier(model, data, lr=0.01, weight_decay=0.0, device=device)
 
 
 def main() -> None:

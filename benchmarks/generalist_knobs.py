@@ -16,7 +16,7 @@ import time
 import torch
 
 from art_generalist import AdversarialTrainerTensor, GeneralistTrainer, LearnerSpec
-from art_generalist.benchmark.run import BenchmarkConfig, build_classifier
+from art_generalist.benchmark.run import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import get_model
 
@@ -40,7 +40,7 @@ def main() -> None:
     data = load_dataset(args.dataset, root=args.data_root, n_train=args.n_train, n_test=args.n_test, seed=0)
     torch.manual_seed(0)
     model = get_model("smallcnn", data.input_shape[0], data.nb_classes, data.input_shape[-1])
-    clf = build_classifier(model, data, BenchmarkConfig(dataset=args.dataset, lr=args.lr))
+    clf = build_classifier(model, data, lr=args.lr)
     budget = dict(eps=args.eps, eps_step=2.5 * args.eps / args.max_iter, max_iter=args.max_iter, verbose=False,
                   val_max_iter=0)
     if kw.pop("baseline", False):

@@ -12,12 +12,11 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
-from torch import nn
 
 from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
+from art_generalist.benchmark.run import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import get_model
 
@@ -50,10 +49,7 @@ def main() -> None:
     def classifier() -> PyTorchClassifier:
         torch.manual_seed(args.seed)
         model = get_model(args.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-        return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=data.input_shape,
-                                 nb_classes=data.nb_classes, clip_values=(0.0, 1.0),
-                                 preprocessing=(np.array(data.mean), np.array(data.std)))
+        return build_classifier(model, data, lr=args.lr)
 
     budget = dict(eps=args.eps, eps_step=eps_step, max_iter=args.max_iter)
     trainers = {"generalist": GeneralistTrainer(classifier(), **budget),

@@ -68,23 +68,25 @@ class BenchmarkConfig:
             raise ValueError("`epochs`, `n_eval` and `max_iter` must be >= 1.")
 
 
-def build_classifier(model: nn.Module, data: Any, cfg: BenchmarkConfig):
-    """The ART classifier every method starts from (same weights, optimizer and preprocessing)."""
+def build_classifier(model: nn.Module, data: Any, lr: float = 0.05, momentum: float = 0.9,
+                     weight_decay: float = 5e-4, device: str = "cpu"):
+    """An ART classifier for ``model`` on data set ``data`` (its mean/std, shape, classes) with
+    SGD; every method of a benchmark starts from one built the same way."""
     from art.estimators.classification import PyTorchClassifier
 
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
     return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=data.input_shape,
                              nb_classes=data.nb_classes, clip_values=(0.0, 1.0),
                              preprocessing=(float(mean[0]) if mean.size == 1 else mean,
                                             float(std[0]) if std.size == 1 else std),
-                             device_type="gpu" if cfg.device.startswith("cuda") else "cpu")
+                             device_type="gpu" if device.startswith("cuda") else "cpu")
 
 
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
-    clf = build_classifier(model, data, cfg)
+    clf = build_classifier(model, data, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.device)
     budget = dict(eps=cfg.eps, eps_step=cfg.eps_step, max_iter=cfg.max_iter)
     fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size)
     info: dict[str, Any] = {"workarounds": []}
