@@ -25,12 +25,16 @@ class AdversarialTrainerTensor(TensorTrainer):
     :param classifier: the user's ART ``PyTorchClassifier`` (copied; its optimizer is cloned).
     :param objective: ``"pgd"``, ``"trades"``, ``"mart"``, ``"natural"`` or an Objective.
     :param lr_schedule: ``"official"`` (Generalist's piecewise-linear decay), ``None`` or a callable.
+    :param per_iteration_schedules: evaluate the lr schedule at fractional epochs (after each
+        iteration) instead of once per epoch, as :class:`~art_generalist.GeneralistTrainer` can.
     Other arguments as :class:`~art_generalist.base_trainer.TensorTrainer`.
     """
 
     def __init__(self, classifier: "PyTorchClassifier", objective: Union[str, Objective] = "pgd",
-                 lr_schedule: Union[None, str, Schedule, tuple] = "official", **kwargs: Any) -> None:
+                 lr_schedule: Union[None, str, Schedule, tuple] = "official",
+                 per_iteration_schedules: bool = False, **kwargs: Any) -> None:
         super().__init__(classifier, **kwargs)
+        self.per_iteration_schedules = bool(per_iteration_schedules)
         self.objective = resolve_objective(objective, classifier.loss)
         self.name = type(self.objective).__name__
         clf = self.get_classifier()
@@ -44,7 +48,8 @@ class AdversarialTrainerTensor(TensorTrainer):
                                resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR))
 
     def settings(self) -> dict:
-        return {**super().settings(), "objective": repr(self.objective), "lr_schedule": describe(self.learner.schedule)}
+        return {**super().settings(), "objective": repr(self.objective), "lr_schedule": describe(self.learner.schedule),
+                "per_iteration_schedules": self.per_iteration_schedules}
 
     def _model_state(self) -> dict:
         return {"global": self.global_space.model.state_dict(), "optimizer": self.learner.optimizer.state_dict(),
@@ -61,6 +66,8 @@ class AdversarialTrainerTensor(TensorTrainer):
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = steps = 0
         for u, y in batches:
+            if self.per_iteration_schedules:  # same fractional epoch as Generalist's engine
+                self.learner.set_lr(self.learner.scheduled_lr(epoch - 1 + (steps + 1) / nb_batches, nb_epochs))
             loss, n_correct = self.learner.step(u, y)
             loss_sum += loss * len(y)
             correct += n_correct

@@ -45,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
     b.add_argument("--aa-version", default="fast", help="AutoAttack: standard, fast (APGD-CE + APGD-T), apgd-ce")
     b.add_argument("--pgd-steps", type=int, default=20)
+    b.add_argument("--per-iteration-schedules", action="store_true",
+                   help="every method's lr (and Generalist's β) follows the schedule at fractional epochs "
+                        "(ART's trainers in --art-lr-chunks chunks per epoch); for runs of a few epochs")
+    b.add_argument("--art-lr-chunks", type=int, default=20, help="ART fit calls per epoch with --per-iteration-schedules")
+    b.add_argument("--no-base-learners", action="store_true", help="skip evaluating Generalist's base learners")
     b.add_argument("--out", default="results")
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
     _common(t)
@@ -83,7 +88,9 @@ def _benchmark(args: argparse.Namespace) -> int:
                           methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                           n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, aa_version=args.aa_version,
                           pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
-                          device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet)
+                          device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
+                          per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
+                          base_learners=not args.no_base_learners)
     results = run_benchmark(cfg)
     print(format_table(results["rows"]))
     print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")

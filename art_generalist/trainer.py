@@ -67,7 +67,7 @@ class GeneralistTrainer(TensorTrainer):
     :param augment: optional tensor-native augmentation of unit-range batches, e.g.
         :func:`art_generalist.augment.random_crop_flip`.
     :param amp: bf16 autocast for every forward pass; ``channels_last``: channels_last memory
-        format for 4-D inputs.
+        format for the models and 4-D inputs (``"auto"``: on for image classifiers).
     :param verbose: tqdm progress bars per epoch and per batch.
     """
 
@@ -81,7 +81,7 @@ class GeneralistTrainer(TensorTrainer):
                  mix_buffers: bool = True, lr_schedule: Union[None, str, Schedule, tuple] = "official",
                  shared_lr: bool = True, per_iteration_schedules: bool = False, sync_init: bool = True,
                  val_max_iter: int = 20, augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 amp: bool = False, channels_last: bool = False, verbose: bool = True) -> None:
+                 amp: bool = False, channels_last: Union[bool, str] = "auto", verbose: bool = True) -> None:
         self.specs = list(learners) if learners is not None else [LearnerSpec("robust", "pgd"),
                                                                    LearnerSpec("natural", "natural")]
         self.ema_decay, self.ema_warmup, self.mix_buffers = ema_decay, ema_warmup, mix_buffers

@@ -36,6 +36,9 @@ WORKAROUNDS = {
                    "and the step in the classifier's [0, 1] units and the shared epoch budget.",
     "trades_attack": "ART's TRADES uses the CE-PGD attack it is given for the inner maximisation, not the "
                      "paper's KL attack: disclosed, not changed (that is ART's method).",
+    "chunked_lr": "ART's trainers take no per-iteration schedule: each epoch is one shuffled pass fed to "
+                  "fit() in chunks of whole batches, the lr set from the shared schedule at each chunk's "
+                  "middle iteration (Generalist evaluates it after every iteration).",
     "no_sequential": "ART's TRADES crashes on nn.Sequential models (it reads the first layer's output): "
                      "the benchmark models are not nn.Sequential.",
 }
@@ -46,11 +49,16 @@ class ARTTrainerRun:
 
     :param lr_schedule: ``(epoch, nb_epochs) -> factor`` of the optimizer's initial lr, applied
         once per epoch (default: Generalist's official piecewise-linear schedule).
+    :param lr_updates_per_epoch: with ``k > 1`` each epoch is one shuffled pass over the data fed
+        to ART's ``fit`` in ``k`` chunks of whole batches, the lr set at each chunk's middle
+        iteration: the nearest ART gets to the per-iteration schedules of the package's trainers.
+    :param seed: seeds the chunked epochs' shuffling (ART shuffles within ``fit`` with numpy's
+        global generator).
     """
 
     def __init__(self, classifier: "PyTorchClassifier", method: str, eps: float, eps_step: float, max_iter: int,
                  trades_beta: float = 6.0, lr_schedule: Schedule = OFFICIAL_LR, val_max_iter: int = 20,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, lr_updates_per_epoch: int = 1, seed: int = 0) -> None:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.defences.trainer import AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch
 
@@ -65,7 +73,10 @@ class ARTTrainerRun:
             raise ValueError("ART's TRADES trainer does not support nn.Sequential models (ART bug, see "
                              "WORKAROUNDS['no_sequential']); wrap the model in a Module.")
         self.method, self.eps, self.eps_step, self.max_iter = method, eps, eps_step, max_iter
+        if not isinstance(lr_updates_per_epoch, int) or lr_updates_per_epoch < 1:
+            raise ValueError(f"`lr_updates_per_epoch` must be an integer >= 1, got {lr_updates_per_epoch!r}.")
         self.lr_schedule, self.val_max_iter, self.verbose = lr_schedule, val_max_iter, verbose
+        self.lr_updates_per_epoch, self._rng = lr_updates_per_epoch, np.random.default_rng(seed)
         self.base_lrs = [g["lr"] for g in self.classifier.optimizer.param_groups]
         if method == "madry":
             self.trainer = AdversarialTrainerMadryPGD(self.classifier, nb_epochs=1, eps=eps, eps_step=eps_step,
@@ -76,6 +87,8 @@ class ARTTrainerRun:
                                               max_iter=max_iter, num_random_init=1, verbose=False)
             self.trainer = AdversarialTrainerTRADESPyTorch(self.classifier, attack, beta=trades_beta)
             self.workarounds = ["epochwise_lr", "own_validation", "trades_attack", "no_sequential"]
+        if lr_updates_per_epoch > 1:
+            self.workarounds.append("chunked_lr")
         self.space = InputSpace(model, estimators.clip_range(classifier), *estimators.mean_std(classifier))
         self.history: list[dict] = []
 
@@ -89,11 +102,13 @@ class ARTTrainerRun:
             yv = check_y(validation_data[1], len(xv), clf.nb_classes, "validation_data's labels")
             val = (self.space.to_unit(xv.to(clf.device)), yv.to(clf.device))
         for epoch in range(1, nb_epochs + 1):
-            factor = self.lr_schedule(epoch, nb_epochs)
-            for group, base in zip(self.classifier.optimizer.param_groups, self.base_lrs):
-                group["lr"] = base * factor
             start = time.perf_counter()
-            self.trainer.fit(x, y, nb_epochs=1, batch_size=batch_size)
+            for idx, t in self._chunks(len(x), batch_size, epoch):
+                factor = self.lr_schedule(t, nb_epochs)
+                for group, base in zip(self.classifier.optimizer.param_groups, self.base_lrs):
+                    group["lr"] = base * factor
+                self.trainer.fit(x if idx is None else x[idx], y if idx is None else y[idx], nb_epochs=1,
+                                 batch_size=batch_size)
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start, "examples": len(x),
                                       "lr": self.classifier.optimizer.param_groups[0]["lr"]}
             if val is not None:
@@ -104,3 +119,14 @@ class ARTTrainerRun:
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
         return self.history
+
+    def _chunks(self, n: int, batch_size: int, epoch: int) -> list[tuple[Optional[np.ndarray], float]]:
+        """(indices or None for all, schedule time) of each ``fit`` call of one epoch."""
+        nb_batches = -(-n // batch_size)
+        k = min(self.lr_updates_per_epoch, nb_batches)
+        if k == 1:
+            return [(None, float(epoch))]
+        order = self._rng.permutation(n)
+        bounds = [round(j * nb_batches / k) for j in range(k + 1)]
+        return [(order[a * batch_size:b * batch_size], epoch - 1 + ((a + b - 1) / 2 + 1) / nb_batches)
+                for a, b in zip(bounds, bounds[1:])]

@@ -13,6 +13,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, Optional
 
 import numpy as np
@@ -53,6 +54,9 @@ class BenchmarkConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     trades_beta: float = 6.0
+    per_iteration_schedules: bool = False  # lr (and Generalist's β) at fractional epochs, for every method
+    art_lr_chunks: int = 20  # ART's fit calls per epoch under per-iteration schedules (see chunked_lr)
+    base_learners: bool = True  # also evaluate Generalist's base learners (their EMA teachers)
     data_root: Optional[str] = None
     device: str = "cpu"
     seed: int = 0
@@ -64,8 +68,8 @@ class BenchmarkConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"Unknown `methods` {unknown}: choose from {list(METHODS)}.")
-        if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1:
-            raise ValueError("`epochs`, `n_eval` and `max_iter` must be >= 1.")
+        if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1 or self.art_lr_chunks < 1:
+            raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
 
 
 def build_classifier(model: nn.Module, data: Any, lr: float = 0.05, momentum: float = 0.9,
@@ -91,25 +95,29 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size)
     info: dict[str, Any] = {"workarounds": []}
     start = time.perf_counter()
+    per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
     if method == "generalist":
-        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **cfg.generalist)
+        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **{**per_iteration, **cfg.generalist})
         history = trainer.fit(*split["train"], **fit)
-        extra = {f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
+        extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
+                 if cfg.base_learners else {})
     elif method in ("pgd_at", "trades"):
         trainer = AdversarialTrainerTensor(clf, objective="pgd" if method == "pgd_at" else "trades",
-                                           verbose=cfg.verbose, **budget)
+                                           verbose=cfg.verbose, **budget, **per_iteration)
         history = trainer.fit(*split["train"], **fit)
         extra = {}
     else:
         trainer = ARTTrainerRun(clf, "madry" if method == "art_madry" else "trades", trades_beta=cfg.trades_beta,
-                                verbose=cfg.verbose, **budget)
+                                verbose=cfg.verbose, seed=cfg.seed,
+                                lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
+                                **budget)
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
                               validation_data=split["val"])
         info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
         extra = {}
     seconds = time.perf_counter() - start
     epoch_seconds = [r["seconds"] for r in history]
-    info.update(train_seconds=seconds, epoch_seconds=epoch_seconds,
+    info.update(train_seconds=seconds, epoch_seconds=epoch_seconds, median_epoch_seconds=median(epoch_seconds),
                 examples_per_s=len(split["train"][0]) * cfg.epochs / sum(epoch_seconds), history=history,
                 extra_models=extra)
     classifier = trainer.get_classifier() if hasattr(trainer, "get_classifier") else trainer.classifier
@@ -134,7 +142,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     x_test, y_test = data.x_test[test_idx], data.y_test[test_idx]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, reports = [], {}
+    rows: list[dict] = []
+    reports: dict[str, dict] = {}
+    results = {"config": dict(vars(cfg)), "rows": rows, "reports": reports, "machine": _machine(),
+               "n_train": len(split["train"][0]), "n_eval": len(x_test), "complete": False}
     for method in cfg.methods:
         logger.info("training %s", method)
         classifier, info = _train(method, cfg, data, split)
@@ -145,11 +156,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         rows.append(_row(method, report, info))
         for name, space in info.pop("extra_models").items():
             rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))
-        reports[method]["training"] = {k: v for k, v in info.items()}
-    results = {"config": {k: v for k, v in vars(cfg).items()}, "rows": rows, "reports": reports,
-               "machine": _machine(), "n_train": len(split["train"][0]), "n_eval": len(x_test)}
+        reports[method]["training"] = dict(info)
+        results["epoch_time_ratio_vs_art_madry"] = _epoch_ratios(rows)
+        _write(out, results)  # after every method: a long run that is stopped keeps what it finished
+    results["complete"] = True
     _write(out, results)
     return results
+
+
+def _epoch_ratios(rows: list[dict]) -> dict[str, float]:
+    """Median training seconds per epoch of each method divided by ART Madry's (same run)."""
+    madry = next((r["epoch_seconds"] for r in rows if r["method"] == "art_madry"), None)
+    if not madry:
+        return {}
+    return {r["method"]: r["epoch_seconds"] / madry for r in rows if r["epoch_seconds"] is not None}
 
 
 def _evaluate_space(space, template, x, y, cfg):
@@ -169,6 +189,7 @@ def _row(name: str, report: Any, info: Optional[dict]) -> dict:
             "autoattack": attacks.get("autoattack", {}).get("acc"), "worst_case": report.robust_acc,
             "reliable": report.reliable, "unreliable_reasons": report.unreliable_reasons,
             "train_seconds": info["train_seconds"] if info else None,
+            "epoch_seconds": info["median_epoch_seconds"] if info else None,
             "examples_per_s": info["examples_per_s"] if info else None,
             "workarounds": [w["id"] for w in info["workarounds"]] if info else [], "base_learner": info is None}
 
@@ -187,12 +208,14 @@ def format_table(rows: list[dict]) -> str:
     def num(v, fmt):
         return "—" if v is None else format(v, fmt)
 
-    lines = ["| method | clean | PGD | AutoAttack | worst case | train s | examples/s | reliable |",
-             "|---|---|---|---|---|---|---|---|"]
+    ratios = _epoch_ratios(rows)
+    lines = ["| method | clean | PGD | AutoAttack | worst case | train s | s/epoch | × ART Madry | examples/s "
+             "| reliable |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reliable = "yes" if r["reliable"] else "NO: " + "; ".join(r["unreliable_reasons"])
         lines.append(f"| {r['method']} | {pct(r['clean'])} | {pct(r['pgd'])} | {pct(r['autoattack'])} | "
                      f"{pct(r['worst_case'])} | {num(r['train_seconds'], '.1f')} | "
+                     f"{num(r['epoch_seconds'], '.1f')} | {num(ratios.get(r['method']), '.2f')} | "
                      f"{num(r['examples_per_s'], '.0f')} | {reliable} |")
     return "\n".join(lines)
 
@@ -202,7 +225,12 @@ def _write(out: Path, results: dict) -> None:
     cfg = results["config"]
     md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",
           "", f"Training examples: {results['n_train']}; evaluated on {results['n_eval']} test points; "
-          f"AutoAttack version `{cfg['aa_version']}`; PGD-{cfg['pgd_steps']}; seed {cfg['seed']}.", "",
+          f"AutoAttack version `{cfg['aa_version']}`; PGD-{cfg['pgd_steps']}; seed {cfg['seed']}; "
+          f"training PGD-{cfg['max_iter']} (step {cfg['eps_step']:g}); SGD lr {cfg['lr']:g}; lr schedule "
+          f"evaluated {'per iteration' if cfg['per_iteration_schedules'] else 'per epoch'}.", "",
+          "The package's trainers run image models in channels_last memory format (their default, "
+          "`channels_last=\"auto\"`); ART's trainers get the model as built. Epoch times exclude validation.", "",
+          *([] if results.get("complete") else ["**Partial results: the run has not finished.**", ""]),
           format_table(results["rows"]), "", "## ART workarounds applied", ""]
     seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]

@@ -1,0 +1,158 @@
+"""The equal-budget benchmark's pieces: shared schedules, ART's chunked epochs, partial results,
+the epoch-time ratio, and the trainers' channels_last default."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
+from art_generalist.base_trainer import resolve_channels_last
+from art_generalist.benchmark import run as bench
+from art_generalist.benchmark.art_baselines import ARTTrainerRun
+from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
+from tests.conftest import make_classifier
+
+FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+
+
+def test_channels_last_auto_is_on_for_images_only():
+    assert resolve_channels_last("auto", (1, 8, 8)) is True
+    assert resolve_channels_last("auto", (20,)) is False
+    assert resolve_channels_last(False, (1, 8, 8)) is False
+    with pytest.raises(ValueError, match="channels_last"):
+        resolve_channels_last("yes", (1, 8, 8))
+    trainer = GeneralistTrainer(make_classifier(), **FAST)
+    assert trainer.channels_last and trainer.settings()["channels_last"] is True
+    assert trainer.global_space.channels_last and all(lrn.space.channels_last for lrn in trainer.learners)
+    assert not GeneralistTrainer(make_classifier(), channels_last=False, **FAST).global_space.channels_last
+
+
+def test_channels_last_changes_layout_not_arithmetic(digits):
+    """Same seed, same data: the two layouts give the same model up to float rounding."""
+    x, y = digits.x_train[:128], digits.y_train[:128]
+    finals = []
+    for layout in (True, False):
+        torch.manual_seed(0)
+        trainer = AdversarialTrainerTensor(make_classifier(), channels_last=layout, **FAST)
+        trainer.fit(x, y, nb_epochs=1, batch_size=64)
+        finals.append(trainer.get_classifier().predict(digits.x_test[:64]))
+    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-3, atol=1e-4)
+
+
+def test_per_iteration_schedule_of_the_single_learner_trainer(digits):
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    lrs = {}
+    for per_iteration in (False, True):
+        trainer = AdversarialTrainerTensor(make_classifier(lr=0.1), per_iteration_schedules=per_iteration, **FAST)
+        history = trainer.fit(x, y, nb_epochs=2, batch_size=64)
+        lrs[per_iteration] = [r["learners"]["pgd"]["lr"] for r in history]
+        assert trainer.settings()["per_iteration_schedules"] is per_iteration
+    # per epoch the schedule is read at epochs 1 and 2; per iteration the last batch of each
+    # epoch reads it at progress 1.0 and 2.0, so the epochs end on the same values
+    expected = [0.1 * trainer.learner.schedule(e, 2) for e in (1, 2)]
+    np.testing.assert_allclose(lrs[False], expected)
+    np.testing.assert_allclose(lrs[True], expected)
+    assert expected[0] > expected[1]
+
+
+def test_per_iteration_lr_moves_within_the_epoch(digits, monkeypatch):
+    seen = []
+    trainer = AdversarialTrainerTensor(make_classifier(lr=0.1), per_iteration_schedules=True, **FAST)
+    original = trainer.learner.step
+
+    def step(u, y):
+        seen.append(trainer.learner.optimizer.param_groups[0]["lr"])
+        return original(u, y)
+    monkeypatch.setattr(trainer.learner, "step", step)
+    trainer.fit(digits.x_train[:256], digits.y_train[:256], nb_epochs=1, batch_size=64)
+    expected = [0.1 * trainer.learner.schedule((i + 1) / 4, 1) for i in range(4)]
+    np.testing.assert_allclose(seen, expected)
+    assert len(set(seen)) == 4
+
+
+def test_art_chunks_cover_each_example_once_in_whole_batches(classifier):
+    run = ARTTrainerRun(classifier, "madry", eps=0.1, eps_step=0.025, max_iter=2, lr_updates_per_epoch=4, seed=3)
+    assert "chunked_lr" in run.workarounds
+    chunks = run._chunks(1000, 64, epoch=2)          # 16 batches, the last one partial
+    assert len(chunks) == 4
+    idx = np.concatenate([c for c, _ in chunks])
+    assert sorted(idx.tolist()) == list(range(1000))
+    assert all(len(c) % 64 == 0 for c, _ in chunks[:-1])
+    times = [t for _, t in chunks]
+    assert times == sorted(times) and 1.0 < times[0] < times[-1] < 2.0
+    single = ARTTrainerRun(classifier, "madry", eps=0.1, eps_step=0.025, max_iter=2)
+    assert single._chunks(1000, 64, epoch=2) == [(None, 2.0)] and "chunked_lr" not in single.workarounds
+    with pytest.raises(ValueError, match="lr_updates_per_epoch"):
+        ARTTrainerRun(classifier, "madry", eps=0.1, eps_step=0.025, max_iter=2, lr_updates_per_epoch=0)
+
+
+def test_art_chunked_epoch_follows_the_schedule(digits):
+    from art_generalist.models import get_model
+
+    classifier = make_classifier(get_model("digits_net", 1, 10, 8))   # ART's TRADES needs a non-Sequential model
+    run = ARTTrainerRun(classifier, "trades", eps=0.1, eps_step=0.025, max_iter=2, lr_updates_per_epoch=3,
+                        val_max_iter=0)
+    lrs = []
+    original = run.trainer.fit
+
+    def fit(x, y, **kwargs):
+        lrs.append((len(x), run.classifier.optimizer.param_groups[0]["lr"]))
+        return original(x, y, **kwargs)
+    run.trainer.fit = fit
+    history = run.fit(digits.x_train[:384], digits.y_train[:384], nb_epochs=1, batch_size=64)
+    assert [n for n, _ in lrs] == [128, 128, 128]
+    base = classifier.optimizer.param_groups[0]["lr"]
+    np.testing.assert_allclose([lr for _, lr in lrs], [base * run.lr_schedule(t, 1) for t in (1.5 / 6, 3.5 / 6, 5.5 / 6)])
+    assert history[0]["examples"] == 384
+
+
+def test_epoch_ratio_and_table():
+    rows = [{"method": "generalist", "epoch_seconds": 6.0}, {"method": "art_madry", "epoch_seconds": 10.0},
+            {"method": "generalist:teacher:robust", "epoch_seconds": None}]
+    assert bench._epoch_ratios(rows) == {"generalist": 0.6, "art_madry": 1.0}
+    assert bench._epoch_ratios(rows[:1]) == {}
+    full = [dict(r, clean=0.9, pgd=0.5, autoattack=0.4, worst_case=0.4, reliable=True, unreliable_reasons=[],
+                 train_seconds=None if r["epoch_seconds"] is None else 3 * r["epoch_seconds"],
+                 examples_per_s=None) for r in rows]
+    table = format_table(full)
+    assert "| generalist | 90.00 | 50.00 | 40.00 | 40.00 | 18.0 | 6.0 | 0.60 |" in table
+    assert "| generalist:teacher:robust | 90.00 | 50.00 | 40.00 | 40.00 | — | — | — |" in table
+
+
+def test_results_are_written_after_each_method(tmp_path, monkeypatch):
+    """A run stopped part-way keeps what it finished, marked incomplete."""
+    real = bench._train
+
+    def train(method, *args):
+        if method == "art_madry":
+            raise RuntimeError("stopped")
+        return real(method, *args)
+    monkeypatch.setattr(bench, "_train", train)
+    cfg = BenchmarkConfig(epochs=1, n_train=128, n_val=32, n_eval=16, max_iter=2, aa_version="apgd-ce",
+                          pgd_steps=2, methods=("generalist", "art_madry"), out=str(tmp_path), verbose=False,
+                          base_learners=False)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_benchmark(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] is False and [r["method"] for r in results["rows"]] == ["generalist"]
+    assert "Partial results" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "tradeoff.png").exists()
+
+
+def test_benchmark_shares_the_per_iteration_schedule(tmp_path):
+    cfg = BenchmarkConfig(epochs=1, n_train=128, n_val=32, n_eval=16, max_iter=2, aa_version="apgd-ce",
+                          pgd_steps=2, methods=("generalist", "pgd_at", "art_madry"), out=str(tmp_path),
+                          verbose=False, base_learners=False, per_iteration_schedules=True, art_lr_chunks=2)
+    results = run_benchmark(cfg)
+    assert results["complete"] is True and len(results["rows"]) == 3
+    training = {m: r["training"] for m, r in results["reports"].items()}
+    assert "chunked_lr" in [w["id"] for w in training["art_madry"]["workarounds"]]
+    # the last iteration of the one-epoch budget reads the schedule at its end: lr × 0.01
+    for method, info in training.items():
+        lr = info["history"][-1]["lr"] if method == "art_madry" else next(
+            iter(info["history"][-1]["learners"].values()))["lr"]
+        assert lr < cfg.lr * 0.1, (method, lr)
+    assert set(results["epoch_time_ratio_vs_art_madry"]) == {"generalist", "pgd_at", "art_madry"}
