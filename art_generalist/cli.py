@@ -35,6 +35,16 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-val", type=int, default=200, help="validation points taken from the training split")
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of GeneralistTrainer arguments")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="art-generalist", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -49,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                    help="every method's lr (and Generalist's β) follows the schedule at fractional epochs "
                         "(ART's trainers in --art-lr-chunks chunks per epoch); for runs of a few epochs")
     b.add_argument("--art-lr-chunks", type=int, default=20, help="ART fit calls per epoch with --per-iteration-schedules")
+    b.add_argument("--generalist-args", default=None, type=_json_object,
+                   help='extra GeneralistTrainer arguments as a JSON object, e.g. '
+                        '\'{"distribute_every": 0.125, "beta_schedule": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}\'')
     b.add_argument("--no-base-learners", action="store_true", help="skip evaluating Generalist's base learners")
     b.add_argument("--out", default="results")
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
@@ -90,7 +103,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                           pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
                           device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
-                          base_learners=not args.no_base_learners)
+                          base_learners=not args.no_base_learners, generalist=args.generalist_args or {})
     results = run_benchmark(cfg)
     print(format_table(results["rows"]))
     print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")

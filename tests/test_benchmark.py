@@ -156,3 +156,20 @@ def test_benchmark_shares_the_per_iteration_schedule(tmp_path):
             iter(info["history"][-1]["learners"].values()))["lr"]
         assert lr < cfg.lr * 0.1, (method, lr)
     assert set(results["epoch_time_ratio_vs_art_madry"]) == {"generalist", "pgd_at", "art_madry"}
+
+
+def test_paired_comparison_script():
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("paired", REPO_ROOT / "benchmarks" / "paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    assert paired.mcnemar_exact(0, 0) == 1.0
+    assert abs(paired.mcnemar_exact(9, 6) - 0.6072387695) < 1e-9      # 2 * P(Bin(15, 1/2) <= 6)
+    assert paired.mcnemar_exact(0, 10) == 2 / 2 ** 10
+    c = paired.compare([True, True, False, False], [True, False, True, True])
+    assert (c["only_a"], c["only_b"], c["diff_points"]) == (1, 2, -25.0)
+    with pytest.raises(ValueError, match="different numbers"):
+        paired.compare([True], [True, False])

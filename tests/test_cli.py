@@ -41,3 +41,13 @@ def test_train_then_evaluate(tmp_path, capsys):
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="Unknown `methods`"):
         main(["benchmark", "--methods", "generalist,fgsm", "--quiet"])
+
+
+def test_generalist_args_are_parsed_as_a_json_object():
+    from art_generalist.cli import parser
+
+    args = parser().parse_args(["benchmark", "--generalist-args", '{"ema_decay": 0.9, "distribute_every": 0.125}'])
+    assert args.generalist_args == {"ema_decay": 0.9, "distribute_every": 0.125}
+    for bad in ("{not json", "[1, 2]"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["benchmark", "--generalist-args", bad])

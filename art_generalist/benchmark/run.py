@@ -227,7 +227,9 @@ def _write(out: Path, results: dict) -> None:
           "", f"Training examples: {results['n_train']}; evaluated on {results['n_eval']} test points; "
           f"AutoAttack version `{cfg['aa_version']}`; PGD-{cfg['pgd_steps']}; seed {cfg['seed']}; "
           f"training PGD-{cfg['max_iter']} (step {cfg['eps_step']:g}); SGD lr {cfg['lr']:g}; lr schedule "
-          f"evaluated {'per iteration' if cfg['per_iteration_schedules'] else 'per epoch'}.", "",
+          f"evaluated {'per iteration' if cfg['per_iteration_schedules'] else 'per epoch'}"
+          + (f"; GeneralistTrainer arguments `{json.dumps(cfg['generalist'])}`" if cfg.get("generalist") else "")
+          + ".", "",
           "The package's trainers run image models in channels_last memory format (their default, "
           "`channels_last=\"auto\"`); ART's trainers get the model as built. Epoch times exclude validation.", "",
           *([] if results.get("complete") else ["**Partial results: the run has not finished.**", ""]),
@@ -236,10 +238,10 @@ def _write(out: Path, results: dict) -> None:
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
     md += ["", f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    _plot(out / "tradeoff.png", results["rows"], cfg)
+    _plot(out / "tradeoff.png", results["rows"], cfg, results["n_eval"])
 
 
-def _plot(path: Path, rows: list[dict], cfg: dict) -> None:
+def _plot(path: Path, rows: list[dict], cfg: dict, n: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,12 +251,17 @@ def _plot(path: Path, rows: list[dict], cfg: dict) -> None:
     for r in rows:
         robust = r["autoattack"] if r["autoattack"] is not None else r["worst_case"]
         marker = "x" if r["base_learner"] else "o"
-        ax.scatter(100 * r["clean"], 100 * robust, marker=marker, s=60)
-        ax.annotate(r["method"], (100 * r["clean"], 100 * robust), textcoords="offset points", xytext=(4, 4),
+        label = r["method"] if r["reliable"] else f"{r['method']} (UNRELIABLE)"
+        point = ax.scatter(100 * r["clean"], 100 * robust, marker=marker, s=60)
+        if not r["reliable"] and marker == "o":  # hollow: a failed integrity check
+            point.set_facecolor("none")
+            point.set_edgecolor("red")
+        ax.annotate(label, (100 * r["clean"], 100 * robust), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"AutoAttack accuracy (%), {cfg['aa_version']}")
-    ax.set_title(f"{cfg['dataset']} ε={cfg['eps']:g}: clean vs robust (x: Generalist teachers)", fontsize=9)
+    teachers = " (x: Generalist teachers)" if any(r["base_learner"] for r in rows) else ""
+    ax.set_title(f"{cfg['dataset']} ε={cfg['eps']:g}, n={n}: clean vs robust{teachers}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
