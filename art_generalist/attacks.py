@@ -117,27 +117,26 @@ class TrainingAttack:
                 f"max_iter={self.max_iter}, loss={self.loss!r})")
 
 
+def madry_step(eps: float, steps: int) -> float:
+    """Madry et al.'s PGD step rule, ``2.5 · eps / steps``: the step of every evaluation and
+    validation PGD of the package (and of the benchmark's default training PGD)."""
+    return 2.5 * eps / steps
+
+
 @torch.no_grad()
-def predict_labels(space: InputSpace, u: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Argmax predictions of ``space`` in eval mode for unit-range inputs (mode restored)."""
-    was_training = space.model.training
+def predict_labels(space: nn.Module, u: torch.Tensor, batch_size: int = 512, eval_mode: bool = True) -> torch.Tensor:
+    """Argmax predictions of ``space`` for unit-range inputs, in batches.
+
+    With ``eval_mode`` the model is put in eval mode and its mode restored afterwards; without
+    it the caller has set the mode (evaluation, which watches the mode, does).
+    """
+    if len(u) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=u.device)
+    if not eval_mode:
+        return torch.cat([space(u[i:i + batch_size]).argmax(1) for i in range(0, len(u), batch_size)])
+    was_training = getattr(space, "model", space).training
     space.eval()
     try:
-        return torch.cat([space(u[i:i + batch_size]).argmax(1) for i in range(0, len(u), batch_size)])
+        return predict_labels(space, u, batch_size, eval_mode=False)
     finally:
         space.train(was_training)
-
-
-def robust_accuracy(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
-                    batch_size: int = 512) -> tuple[float, float]:
-    """(clean, adversarial) accuracy of ``space`` on unit-range data; adversarial only on the
-    points classified correctly, so adversarial accuracy never exceeds clean accuracy."""
-    clean_ok = predict_labels(space, u, batch_size) == y
-    if attack is None:
-        return clean_ok.float().mean().item(), float("nan")
-    adv_ok = clean_ok.clone()
-    idx = clean_ok.nonzero().flatten()
-    for i in range(0, len(idx), batch_size):
-        b = idx[i:i + batch_size]
-        adv_ok[b] = predict_labels(space, attack(u[b], y[b]), batch_size) == y[b]
-    return clean_ok.float().mean().item(), adv_ok.float().mean().item()

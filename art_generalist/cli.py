@@ -10,8 +10,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from art_generalist.benchmark.run import DEFAULT_MODELS, METHODS, BenchmarkConfig, build_classifier, format_table
+from art_generalist.attacks import madry_step
+from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_table
+from art_generalist.config import GeneralistConfig
 from art_generalist.data import DATASETS
+from art_generalist.estimators import build_classifier
+from art_generalist.models import default_model
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,13 +39,18 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-val", type=int, default=200, help="validation points taken from the training split")
 
 
-def _json_object(text: str) -> dict:
+def _generalist_options(text: str) -> dict:
+    """A JSON object of Generalist options, checked against :class:`GeneralistConfig`."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object of GeneralistTrainer arguments")
+        raise argparse.ArgumentTypeError("must be a JSON object of GeneralistTrainer options")
+    try:
+        GeneralistConfig.from_options(**value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 
@@ -59,9 +68,10 @@ def parser() -> argparse.ArgumentParser:
                    help="every method's lr (and Generalist's β) follows the schedule at fractional epochs "
                         "(ART's trainers in --art-lr-chunks chunks per epoch); for runs of a few epochs")
     b.add_argument("--art-lr-chunks", type=int, default=20, help="ART fit calls per epoch with --per-iteration-schedules")
-    b.add_argument("--generalist-args", default=None, type=_json_object,
-                   help='extra GeneralistTrainer arguments as a JSON object, e.g. '
-                        '\'{"distribute_every": 0.125, "beta_schedule": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}\'')
+    b.add_argument("--generalist-args", default=None, type=_generalist_options,
+                   help="Generalist options as a JSON object, e.g. "
+                        "'{\"distribute_every\": 0.125, \"beta_schedule\": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}'; "
+                        f"options: {', '.join(n for n in GeneralistConfig.flat_names() if n != 'learners')}")
     b.add_argument("--no-base-learners", action="store_true", help="skip evaluating Generalist's base learners")
     b.add_argument("--out", default="results")
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
@@ -111,20 +121,20 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
+    from art_generalist import GeneralistTrainer, SingleLearnerTrainer
     from art_generalist.data import load_dataset
     from art_generalist.models import get_model
 
     data = load_dataset(args.dataset, root=args.data_root, seed=args.seed,
                         n_train=None if args.n_train is None else args.n_train + args.n_val)
     eps = data.eps if args.eps is None else args.eps
-    model = get_model(args.model or DEFAULT_MODELS[args.dataset], data.input_shape[0], data.nb_classes,
+    model = get_model(args.model or default_model(args.dataset), data.input_shape[0], data.nb_classes,
                       data.input_shape[-1])
     clf = build_classifier(model, data, lr=args.lr, device=args.device)
-    budget = dict(eps=eps, eps_step=args.eps_step or 2.5 * eps / args.max_iter, max_iter=args.max_iter,
+    budget = dict(eps=eps, eps_step=args.eps_step or madry_step(eps, args.max_iter), max_iter=args.max_iter,
                   verbose=not args.quiet)
     trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"
-               else AdversarialTrainerTensor(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
+               else SingleLearnerTrainer(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
     n_val = args.n_val
     x_val, y_val = data.x_train[:n_val], data.y_train[:n_val]
     out = Path(args.out)
@@ -143,7 +153,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from art_generalist.data import load_dataset
     from art_generalist.evaluation import evaluate
-    from art_generalist.export import load_exported, read_metadata
+    from art_generalist.state.export import load_exported, read_metadata
 
     meta = read_metadata(args.model_path)
     clf = load_exported(args.model_path, device_type="gpu" if args.device.startswith("cuda") else "cpu")

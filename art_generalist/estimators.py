@@ -1,7 +1,7 @@
 """Glue to ART's ``PyTorchClassifier``: read its input pipeline, clone it for new models."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -36,8 +36,10 @@ def clip_range(classifier: "PyTorchClassifier") -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def clone_optimizer(optimizer: Optional[torch.optim.Optimizer], model: nn.Module) -> Optional[torch.optim.Optimizer]:
-    """A fresh optimizer of the same class and hyper-parameters (first group) on ``model``.
+def clone_optimizer(optimizer: Optional[torch.optim.Optimizer], model: nn.Module,
+                    params: Optional[Iterable[nn.Parameter]] = None) -> Optional[torch.optim.Optimizer]:
+    """A fresh optimizer of the same class and hyper-parameters (first group) on ``params``
+    (default: all of ``model``'s parameters).
 
     Unlike ART's ``clone_for_refitting`` this keeps the weights; the state (momentum) is new.
     """
@@ -45,7 +47,7 @@ def clone_optimizer(optimizer: Optional[torch.optim.Optimizer], model: nn.Module
         return None
     group = optimizer.param_groups[0]
     kwargs = {k: group[k] for k in optimizer.defaults if k in group and k != "params"}
-    return type(optimizer)(model.parameters(), **kwargs)
+    return type(optimizer)(model.parameters() if params is None else params, **kwargs)
 
 
 def make_classifier(template: "PyTorchClassifier", model: nn.Module,
@@ -54,9 +56,29 @@ def make_classifier(template: "PyTorchClassifier", model: nn.Module,
     clip values, preprocessing and device."""
     from art.estimators.classification import PyTorchClassifier
 
-    mean, std = (float(a[0]) if a.size == 1 else a for a in mean_std(template))
+    mean, std = (preprocessing_value(a) for a in mean_std(template))
     return PyTorchClassifier(
         model=model, loss=template.loss, input_shape=template.input_shape, nb_classes=template.nb_classes,
         optimizer=optimizer, channels_first=template.channels_first, clip_values=template.clip_values,
         preprocessing=(mean, std), device_type="gpu" if template.device.type == "cuda" else "cpu",
     )
+
+
+def preprocessing_value(a: np.ndarray) -> Any:
+    """ART takes a float for one channel's statistic and an array for several."""
+    a = np.asarray(a, np.float32)
+    return float(a.reshape(-1)[0]) if a.size == 1 else a
+
+
+def build_classifier(model: nn.Module, data: Any, lr: float = 0.05, momentum: float = 0.9,
+                     weight_decay: float = 5e-4, device: str = "cpu") -> "PyTorchClassifier":
+    """An ART classifier for ``model`` on data set ``data`` (an :class:`~art_generalist.data.Dataset`:
+    its mean/std, input shape and classes) with SGD and clip values (0, 1): the classifier that
+    the benchmark, the CLI, the scripts and the examples all start from."""
+    from art.estimators.classification import PyTorchClassifier
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=data.input_shape,
+                             nb_classes=data.nb_classes, clip_values=(0.0, 1.0),
+                             preprocessing=(preprocessing_value(data.mean), preprocessing_value(data.std)),
+                             device_type="gpu" if str(device).startswith("cuda") else "cpu")

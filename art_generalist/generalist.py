@@ -17,13 +17,16 @@ This module is tensor-native: batches arrive as unit-range tensors on the model'
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 
-from art_generalist.learners import Learner
+from art_generalist.learners import EpochStats, Learner
 from art_generalist.mixing import ModelEMA
-from art_generalist.schedules import DistributionSchedule, Schedule
+from art_generalist.schedules import fractional_epoch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from art_generalist.config import GeneralistConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,29 +39,18 @@ class Generalist:
     :param learners: the base learners, stepped in order each iteration (robust first, as
         the official code does).
     :param global_ema: the global learner G, an EMA over the mixture of the teachers.
-    :param beta_schedule: ``(epoch, nb_epochs) -> β``, the weight of the robust teachers.
-    :param mix_weights: optional ``(epoch, nb_epochs) -> weights`` (one per learner, convex)
-        replacing the β rule, for W >= 2 experts.
-    :param distribution: when G is copied into the learners (t', c, window length).
-    :param distribute_per_iteration: copy after every iteration of a window (official) or once
-        at its end.
-    :param shared_lr: every learner uses the first learner's scheduled learning rate (the
-        official code overwrites the natural learner's lr with the robust learner's).
-    :param per_iteration_schedules: evaluate β and learning rates at fractional epochs (the
-        TMLlib port) instead of once per epoch (the official code).
+    :param config: the :class:`~art_generalist.config.GeneralistConfig` (β or mixing weights,
+        distribution windows, learning-rate sharing, when schedules are read).
     """
 
-    def __init__(self, learners: Sequence[Learner], global_ema: ModelEMA, beta_schedule: Schedule,
-                 distribution: DistributionSchedule, mix_weights: Optional[MixWeights] = None,
-                 distribute_per_iteration: bool = True, shared_lr: bool = True,
-                 per_iteration_schedules: bool = False) -> None:
+    def __init__(self, learners: Sequence[Learner], global_ema: ModelEMA, config: "GeneralistConfig") -> None:
         if len(learners) < 2:
             raise ValueError(f"Generalist needs at least 2 base learners, got {len(learners)}.")
         self.learners, self.global_ema = list(learners), global_ema
-        self.beta_schedule, self.mix_weights = beta_schedule, mix_weights
-        self.distribution = distribution
-        self.distribute_per_iteration, self.shared_lr = distribute_per_iteration, shared_lr
-        self.per_iteration_schedules = per_iteration_schedules
+        self.beta_schedule, self.mix_weights = config.mixing.beta(), config.mixing.mix_weights
+        self.distribution = config.distribution.schedule()
+        self.distribute_per_iteration = config.distribution.per_iteration
+        self.shared_lr, self.per_iteration_schedules = config.schedules.shared_lr, config.schedules.per_iteration
         robust = [i for i, lrn in enumerate(self.learners) if lrn.spec.is_robust]
         natural = [i for i in range(len(self.learners)) if i not in robust]
         # β goes to the robust teachers and 1-β to the natural ones, each split evenly. With
@@ -97,40 +89,24 @@ class Generalist:
                     nb_batches: int) -> dict:
         """One epoch (1-based ``epoch``) over ``batches`` of unit-range inputs and index labels."""
         windows = self.distribution.windows(nb_epochs)
-        distributions = 0
-        device = next(self.global_ema.module.parameters()).device
-        loss_sum = torch.zeros(len(self.learners), device=device)
-        correct = torch.zeros(len(self.learners), device=device, dtype=torch.long)
-        seen, t = 0, float(epoch)
+        stats = EpochStats(self.learners, next(self.global_ema.module.parameters()).device)
+        distributions, t = 0, float(epoch)
         for i, (u, y) in enumerate(batches):
             if self.per_iteration_schedules:
-                t = epoch - 1 + (i + 1) / nb_batches
+                t = fractional_epoch(epoch, i, nb_batches)
             if self.per_iteration_schedules or i == 0:
                 for learner, lr in zip(self.learners, self.learning_rates(t, nb_epochs)):
                     learner.set_lr(lr)
                 weights = self.weights(t, nb_epochs)
             for k, learner in enumerate(self.learners):           # steps 1-2
-                loss, n_correct = learner.step(u, y)
-                loss_sum[k] += loss * len(y)
-                correct[k] += n_correct
+                stats.add(k, *learner.step(u, y), len(y))
             self.global_ema.update([lrn.teacher.module for lrn in self.learners], weights)  # step 3
-            progress = (epoch - 1 + i / nb_batches, epoch - 1 + (i + 1) / nb_batches)
+            progress = (epoch - 1 + i / nb_batches, fractional_epoch(epoch, i, nb_batches))
             if self.distribution.active(windows, *progress, self.distribute_per_iteration):  # step 4
                 self.distribute()
                 distributions += 1
-            seen += len(y)
-        if seen == 0:
-            raise ValueError("The epoch received no batches.")
-        losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()  # one sync per epoch
-        return {
-            "epoch": epoch,
-            "beta": self.beta(t, nb_epochs) if self.mix_weights is None else None,
-            "mix_weights": weights,
-            "distributions": distributions,
-            "examples": seen,
-            "steps": i + 1,
-            "learners": {lrn.name: {"loss": losses[k], "train_acc": accs[k],
-                                    "lr": lrn.optimizer.param_groups[0]["lr"],
-                                    "adversarial": lrn.attack is not None}
-                         for k, lrn in enumerate(self.learners)},
-        }
+            stats.end_step(len(y))
+        record = stats.record(epoch)
+        return {"epoch": epoch, "beta": self.beta(t, nb_epochs) if self.mix_weights is None else None,
+                "mix_weights": weights, "distributions": distributions, "examples": record["examples"],
+                "steps": record["steps"], "learners": record["learners"]}

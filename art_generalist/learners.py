@@ -1,4 +1,5 @@
-"""Base learners: what each expert is (:class:`LearnerSpec`) and how it takes a step (:class:`Learner`)."""
+"""Base learners: what each expert is (:class:`LearnerSpec`), how it takes a step
+(:class:`Learner`), and the per-epoch statistics every training loop records (:class:`EpochStats`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from torch import nn
 from art_generalist.attacks import InputSpace, TrainingAttack
 from art_generalist.mixing import ModelEMA
 from art_generalist.objectives import Objective, resolve_objective
+from art_generalist.plugins import PluginList
 from art_generalist.schedules import Schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,16 +67,17 @@ class LearnerSpec:
 
 class Learner:
     """A base learner at run time: its ART estimator, model in input space, optimizer,
-    training attack, objective and (optional) EMA teacher."""
+    training attack, objective, (optional) EMA teacher and the trainer's plug-ins, which
+    :meth:`step` calls after the backward pass and after the optimizer step."""
 
     def __init__(self, spec: LearnerSpec, classifier: Any, space: InputSpace,
                  objective: Objective, attack: Optional[TrainingAttack], teacher: Optional[ModelEMA],
-                 schedule: Schedule) -> None:
+                 schedule: Schedule, plugins: Optional[PluginList] = None) -> None:
         if classifier.optimizer is None:
             raise ValueError(f"Base learner `{spec.name}` has no optimizer.")
         self.spec, self.name, self.classifier = spec, spec.name, classifier
         self.space, self.objective, self.attack, self.teacher = space, objective, attack, teacher
-        self.schedule = schedule
+        self.schedule, self.plugins = schedule, plugins if plugins is not None else PluginList()
         self.optimizer: torch.optim.Optimizer = classifier.optimizer
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
 
@@ -102,7 +105,41 @@ class Learner:
         out = self.objective(self.space, u, y, x_adv)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.plugins.reduce_gradients(self)
         self.optimizer.step()
+        self.plugins.after_step(self)
         if self.teacher is not None:
             self.teacher.update(self.model)
         return out.loss.detach(), (out.logits.detach().argmax(1) == y).sum()
+
+
+class EpochStats:
+    """Each learner's loss and training accuracy summed on the device over one epoch, read
+    back with one host synchronisation at the end (:meth:`record`)."""
+
+    def __init__(self, learners: list[Learner], device: torch.device) -> None:
+        self.learners = list(learners)
+        self.loss_sum = torch.zeros(len(self.learners), device=device)
+        self.correct = torch.zeros(len(self.learners), device=device, dtype=torch.long)
+        self.seen = self.steps = 0
+
+    def add(self, k: int, loss: torch.Tensor, n_correct: torch.Tensor, n: int) -> None:
+        """Learner ``k``'s step on a batch of ``n`` examples."""
+        self.loss_sum[k] += loss * n
+        self.correct[k] += n_correct
+
+    def end_step(self, n: int) -> None:
+        """One iteration over a batch of ``n`` examples is done."""
+        self.seen += n
+        self.steps += 1
+
+    def record(self, epoch: int) -> dict:
+        """The epoch's history entry (per learner: mean loss, training accuracy, lr, adversarial)."""
+        if self.seen == 0:
+            raise ValueError("The epoch received no batches.")
+        losses, accs = (self.loss_sum / self.seen).tolist(), (self.correct.double() / self.seen).tolist()
+        return {"epoch": epoch, "examples": self.seen, "steps": self.steps,
+                "learners": {lrn.name: {"loss": losses[k], "train_acc": accs[k],
+                                        "lr": lrn.optimizer.param_groups[0]["lr"],
+                                        "adversarial": lrn.attack is not None}
+                             for k, lrn in enumerate(self.learners)}}

@@ -54,6 +54,12 @@ OFFICIAL_BETA = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, 0.4))
 OFFICIAL_LR = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 0.1, 0.01))
 
 
+def fractional_epoch(epoch: int, step: int, nb_batches: int) -> float:
+    """Progress after iteration ``step`` (0-based) of 1-based ``epoch`` with ``nb_batches`` per
+    epoch: the time at which per-iteration schedules are read."""
+    return epoch - 1 + (step + 1) / nb_batches
+
+
 def constant(epoch: float, nb_epochs: int) -> float:
     """The constant schedule (factor 1)."""
     return 1.0

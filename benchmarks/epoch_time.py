@@ -19,7 +19,7 @@ from art.defences.trainer import AdversarialTrainerMadryPGD
 from art.estimators.classification import PyTorchClassifier
 
 from art_generalist import GeneralistTrainer
-from art_generalist.benchmark.run import build_classifier
+from art_generalist.estimators import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import SmallCNN
 

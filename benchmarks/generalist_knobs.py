@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from art_generalist import AdversarialTrainerTensor, GeneralistTrainer, LearnerSpec
-from art_generalist.benchmark.run import build_classifier
+from art_generalist import SingleLearnerTrainer, GeneralistTrainer, LearnerSpec
+from art_generalist.estimators import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import get_model
 
@@ -44,7 +44,7 @@ def main() -> None:
     budget = dict(eps=args.eps, eps_step=2.5 * args.eps / args.max_iter, max_iter=args.max_iter, verbose=False,
                   val_max_iter=0)
     if kw.pop("baseline", False):
-        trainer = AdversarialTrainerTensor(clf, objective=kw.pop("objective", "pgd"), **budget)
+        trainer = SingleLearnerTrainer(clf, objective=kw.pop("objective", "pgd"), **budget)
     else:
         if kw.pop("official_opt", False):
             kw["learners"] = LearnerSpec.official(args.lr)

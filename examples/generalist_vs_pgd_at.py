@@ -15,8 +15,8 @@ import time
 import torch
 from art.estimators.classification import PyTorchClassifier
 
-from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
-from art_generalist.benchmark.run import build_classifier
+from art_generalist import SingleLearnerTrainer, GeneralistTrainer
+from art_generalist.estimators import build_classifier
 from art_generalist.data import load_dataset
 from art_generalist.models import get_model
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     budget = dict(eps=args.eps, eps_step=eps_step, max_iter=args.max_iter)
     trainers = {"generalist": GeneralistTrainer(classifier(), **budget),
-                "pgd_at": AdversarialTrainerTensor(classifier(), objective="pgd", **budget)}
+                "pgd_at": SingleLearnerTrainer(classifier(), objective="pgd", **budget)}
     results = {}
     for name, trainer in trainers.items():
         torch.manual_seed(args.seed)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
-from art_generalist.base_trainer import resolve_channels_last
+from art_generalist import SingleLearnerTrainer, GeneralistTrainer
+from art_generalist.config import RuntimeOptions
 from art_generalist.benchmark import run as bench
-from art_generalist.benchmark.art_baselines import ARTTrainerRun
+from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
 from tests.conftest import make_classifier
 
@@ -19,11 +19,11 @@ FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
 
 
 def test_channels_last_auto_is_on_for_images_only():
-    assert resolve_channels_last("auto", (1, 8, 8)) is True
-    assert resolve_channels_last("auto", (20,)) is False
-    assert resolve_channels_last(False, (1, 8, 8)) is False
+    assert RuntimeOptions(channels_last="auto").use_channels_last((1, 8, 8)) is True
+    assert RuntimeOptions(channels_last="auto").use_channels_last((20,)) is False
+    assert RuntimeOptions(channels_last=False).use_channels_last((1, 8, 8)) is False
     with pytest.raises(ValueError, match="channels_last"):
-        resolve_channels_last("yes", (1, 8, 8))
+        RuntimeOptions(channels_last="yes")
     trainer = GeneralistTrainer(make_classifier(), **FAST)
     assert trainer.channels_last and trainer.settings()["channels_last"] is True
     assert trainer.global_space.channels_last and all(lrn.space.channels_last for lrn in trainer.learners)
@@ -36,7 +36,7 @@ def test_channels_last_changes_layout_not_arithmetic(digits):
     finals = []
     for layout in (True, False):
         torch.manual_seed(0)
-        trainer = AdversarialTrainerTensor(make_classifier(), channels_last=layout, **FAST)
+        trainer = SingleLearnerTrainer(make_classifier(), channels_last=layout, **FAST)
         trainer.fit(x, y, nb_epochs=1, batch_size=64)
         finals.append(trainer.get_classifier().predict(digits.x_test[:64]))
     np.testing.assert_allclose(finals[0], finals[1], rtol=1e-3, atol=1e-4)
@@ -46,7 +46,7 @@ def test_per_iteration_schedule_of_the_single_learner_trainer(digits):
     x, y = digits.x_train[:256], digits.y_train[:256]
     lrs = {}
     for per_iteration in (False, True):
-        trainer = AdversarialTrainerTensor(make_classifier(lr=0.1), per_iteration_schedules=per_iteration, **FAST)
+        trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=per_iteration, **FAST)
         history = trainer.fit(x, y, nb_epochs=2, batch_size=64)
         lrs[per_iteration] = [r["learners"]["pgd"]["lr"] for r in history]
         assert trainer.settings()["per_iteration_schedules"] is per_iteration
@@ -60,7 +60,7 @@ def test_per_iteration_schedule_of_the_single_learner_trainer(digits):
 
 def test_per_iteration_lr_moves_within_the_epoch(digits, monkeypatch):
     seen = []
-    trainer = AdversarialTrainerTensor(make_classifier(lr=0.1), per_iteration_schedules=True, **FAST)
+    trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=True, **FAST)
     original = trainer.learner.step
 
     def step(u, y):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from art_generalist import AdversarialTrainerTensor, GeneralistTrainer
-from art_generalist.checkpoint import UnsafeCheckpointError, safe_load
-from art_generalist.export import load_exported, read_metadata
+from art_generalist import SingleLearnerTrainer, GeneralistTrainer
+from art_generalist.state.files import UnsafeCheckpointError, safe_load
+from art_generalist.state.export import load_exported, read_metadata
 from art_generalist.models import get_model
 from tests.conftest import make_classifier, tiny_net
 
@@ -56,7 +56,7 @@ def test_round_trip_restores_every_tensor(digits, tmp_path):
     state = fresh.load_checkpoint(path)
     _assert_identical(fresh.state_dict()["models"], trainer.state_dict()["models"])
     assert fresh.global_ema.num_updates == trainer.global_ema.num_updates > 0
-    assert fresh.history == trainer.history and fresh._progress == trainer._progress
+    assert fresh.history == trainer.history and fresh.progress == trainer.progress
     assert state["format_version"] == 1 and state["settings"]["eps"] == 0.1
     assert {"torch", "cuda", "numpy", "python"} <= set(state["rng"])
 
@@ -134,7 +134,7 @@ def test_checkpoint_errors(tmp_path, digits):
     with pytest.raises(ValueError, match=r"settings differ.*eps: checkpoint 0.1, trainer 0.2"):
         GeneralistTrainer(make_classifier(), **{**FAST, "eps": 0.2}).load_checkpoint(path)
     with pytest.raises(ValueError, match="written by 'GeneralistTrainer'"):
-        AdversarialTrainerTensor(make_classifier(), **FAST).load_checkpoint(path)
+        SingleLearnerTrainer(make_classifier(), **FAST).load_checkpoint(path)
     state = torch.load(path)
     state["format_version"] = 99
     torch.save(state, tmp_path / "future.pt")
@@ -149,10 +149,10 @@ def test_checkpoint_errors(tmp_path, digits):
 
 
 def test_baseline_trainer_checkpoints_too(tmp_path, digits):
-    trainer = AdversarialTrainerTensor(make_classifier(), objective="trades", **FAST)
+    trainer = SingleLearnerTrainer(make_classifier(), objective="trades", **FAST)
     trainer.fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=1)
     path = trainer.save_checkpoint(tmp_path / "b.pt")
-    fresh = AdversarialTrainerTensor(make_classifier(tiny_net(3)), objective="trades", **FAST)
+    fresh = SingleLearnerTrainer(make_classifier(tiny_net(3)), objective="trades", **FAST)
     fresh.load_checkpoint(path)
     _assert_identical(fresh.state_dict()["models"], trainer.state_dict()["models"])
 

@@ -7,7 +7,7 @@ import torch
 from art.defences.trainer import Trainer
 from art.estimators.classification import PyTorchClassifier
 
-from art_generalist import AdversarialTrainerTensor, GeneralistTrainer, LearnerSpec
+from art_generalist import SingleLearnerTrainer, GeneralistTrainer, LearnerSpec
 from tests.conftest import make_classifier, state_equal, tiny_net
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=3, verbose=False, val_max_iter=0)
@@ -204,7 +204,7 @@ def test_global_learner_beats_robust_learner_alone_on_clean_data(digits):
     Generalist's global learner, mixing in the natural teacher, keeps much more."""
     budget = dict(eps=0.3, eps_step=0.075, max_iter=5, verbose=False, val_max_iter=0)
     clean = {}
-    for name, cls in (("generalist", GeneralistTrainer), ("pgd_at", AdversarialTrainerTensor)):
+    for name, cls in (("generalist", GeneralistTrainer), ("pgd_at", SingleLearnerTrainer)):
         torch.manual_seed(0)
         trainer = cls(make_classifier(tiny_net(0)), **budget)
         trainer.fit(digits.x_train, digits.y_train, nb_epochs=8, batch_size=64)

@@ -18,19 +18,17 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
-from art_generalist.baselines import AdversarialTrainerTensor
-from art_generalist.benchmark.art_baselines import WORKAROUNDS, ARTTrainerRun
+from art_generalist.attacks import madry_step
+from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.data import load_dataset
-from art_generalist.models import get_model
-from art_generalist.trainer import GeneralistTrainer
+from art_generalist.estimators import build_classifier
+from art_generalist.models import default_model, get_model
+from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades")
-DEFAULT_MODELS = {"digits": "digits_net", "mnist": "smallcnn", "fashion_mnist": "smallcnn", "cifar10": "resnet18",
-                  "cifar100": "resnet18", "svhn": "resnet18"}
 
 
 @dataclass
@@ -72,21 +70,6 @@ class BenchmarkConfig:
             raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
 
 
-def build_classifier(model: nn.Module, data: Any, lr: float = 0.05, momentum: float = 0.9,
-                     weight_decay: float = 5e-4, device: str = "cpu"):
-    """An ART classifier for ``model`` on data set ``data`` (its mean/std, shape, classes) with
-    SGD; every method of a benchmark starts from one built the same way."""
-    from art.estimators.classification import PyTorchClassifier
-
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-    return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=data.input_shape,
-                             nb_classes=data.nb_classes, clip_values=(0.0, 1.0),
-                             preprocessing=(float(mean[0]) if mean.size == 1 else mean,
-                                            float(std[0]) if std.size == 1 else std),
-                             device_type="gpu" if device.startswith("cuda") else "cpu")
-
-
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
@@ -102,7 +85,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
     elif method in ("pgd_at", "trades"):
-        trainer = AdversarialTrainerTensor(clf, objective="pgd" if method == "pgd_at" else "trades",
+        trainer = SingleLearnerTrainer(clf, objective="pgd" if method == "pgd_at" else "trades",
                                            verbose=cfg.verbose, **budget, **per_iteration)
         history = trainer.fit(*split["train"], **fit)
         extra = {}
@@ -130,9 +113,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
 
     data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed,
                         n_train=None if cfg.n_train is None else cfg.n_train + cfg.n_val)
-    cfg.model = cfg.model or DEFAULT_MODELS[cfg.dataset]
+    cfg.model = cfg.model or default_model(cfg.dataset)
     cfg.eps = data.eps if cfg.eps is None else cfg.eps
-    cfg.eps_step = cfg.eps_step or 2.5 * cfg.eps / cfg.max_iter
+    cfg.eps_step = cfg.eps_step or madry_step(cfg.eps, cfg.max_iter)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(data.x_train))  # validation comes from the training split, never the test set
     val_idx, train_idx = order[:cfg.n_val], order[cfg.n_val:]

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from art_generalist.attacks import ThreatModel
-from art_generalist.evaluation.pgd import predict
+from art_generalist.attacks import predict_labels
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class AutoAttackAdapter:
         """
         u, y = u.to(self.device), y.to(self.device)
         start = time.perf_counter()
-        robust = predict(self.model, u, batch_size) == y
+        robust = predict_labels(self.model, u, batch_size, eval_mode=False) == y
         x_adv = u.clone()
         records: list[dict[str, Any]] = []
         devices = [self.device] if self.device.type == "cuda" else []
@@ -197,7 +197,7 @@ class AutoAttackAdapter:
                 t0 = time.perf_counter()
                 self._aa.attacks_to_run = [name]
                 adv = self._call(u[idx], y[idx], batch_size).to(self.device)
-                broken = predict(self.model, adv, batch_size) != y[idx]
+                broken = predict_labels(self.model, adv, batch_size, eval_mode=False) != y[idx]
                 robust[idx[broken]] = False
                 x_adv[idx[broken]] = adv[broken]
                 records.append({"name": name, "n_attacked": int(len(idx)), "n_broken": int(broken.sum()),

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import torch
 
 from art_generalist.attacks import InputSpace, ThreatModel
+from art_generalist.config import check_eps_range
 from art_generalist.estimators import clip_range, mean_std
 from art_generalist.evaluation import checks as C
 from art_generalist.evaluation.autoattack_adapter import AutoAttackAdapter
 from art_generalist.evaluation.guard import ModelGuard
-from art_generalist.evaluation.pgd import AttackRun, PerturbationStats, fgsm, perturbation_stats, pgd, predict
+from art_generalist.attacks import madry_step, predict_labels
+from art_generalist.evaluation.pgd import AttackRun, PerturbationStats, fgsm, perturbation_stats, pgd
 from art_generalist.evaluation.report import EvaluationReport
 from art_generalist.inputs import check_x, check_y
 
@@ -76,7 +78,7 @@ class _Run:
         self.space, self.u, self.y, self.eps_u, self.norm = space, u, y, eps_u, norm
         self.steps, self.restarts, self.seed, self.bs, self.progress = steps, restarts, seed, batch_size, progress
         self.n = len(u)
-        self.clean_ok = predict(space, u, batch_size) == y
+        self.clean_ok = predict_labels(space, u, batch_size, eval_mode=False) == y
         self.idx = self.clean_ok.nonzero().flatten()
         self.eps0_ok: Optional[torch.Tensor] = None  # PGD at ε = 0 on all points (set by the checks)
 
@@ -106,7 +108,7 @@ def _run_attack(name: str, run: _Run, aa_version: Union[str, Sequence[str]], n_c
         res = run.pgd(loss="ce" if name == "pgd" else "cw", seed=seed)
         extra = {"loss_trace": res.loss_trace, "ce_trace": res.ce_trace,
                  "restart_acc": [run.acc(f) for f in res.restart_robust], "random_start": True, "seed": seed}
-        rec = {"steps": run.steps, "restarts": run.restarts, "step_size_unit": 2.5 * run.eps_u / run.steps,
+        rec = {"steps": run.steps, "restarts": run.restarts, "step_size_unit": madry_step(run.eps_u, run.steps),
                "loss": "ce" if name == "pgd" else "cw", "extra": extra}
         return res.robust, rec, res.stats, res
     if name == "fgsm":
@@ -200,6 +202,7 @@ def evaluate(classifier: "PyTorchClassifier", x: Any, y: Any, eps: float, norm: 
         AutoAttackAdapter.parse_version(aa_version)  # fail before any attack runs
     norm_t = ThreatModel.parse(norm)
     lo, hi = clip_range(classifier)
+    check_eps_range(float(eps), (lo, hi))  # the 0-255 mix-up, refused as the trainers refuse it
     mean, std = mean_std(classifier)
     model = classifier.model
     dev = _device(model, device)

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_generalist.attacks import ThreatModel
+from art_generalist.attacks import ThreatModel, madry_step
 
-__all__ = ["AttackRun", "PerturbationStats", "pgd", "fgsm", "perturbation_stats", "predict", "cw_loss"]
+__all__ = ["AttackRun", "PerturbationStats", "pgd", "fgsm", "perturbation_stats", "cw_loss"]
 
 #: κ of the CW∞ margin loss (as in Madry et al.'s and the Generalist code).
 CW_KAPPA = 50.0
@@ -96,14 +96,6 @@ class AttackRun:
     seconds: float = 0.0
 
 
-@torch.no_grad()
-def predict(space: nn.Module, u: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Argmax predictions (no mode change: the caller sets eval mode)."""
-    if len(u) == 0:
-        return torch.zeros(0, dtype=torch.int64, device=u.device)
-    return torch.cat([space(u[i:i + batch_size]).argmax(1) for i in range(0, len(u), batch_size)])
-
-
 def _random_start(u: torch.Tensor, eps: float, norm: ThreatModel, gen: torch.Generator) -> torch.Tensor:
     if norm is ThreatModel.LINF:
         return torch.clamp(u + torch.empty_like(u).uniform_(-eps, eps, generator=gen), 0, 1)
@@ -159,7 +151,7 @@ def pgd(space: nn.Module, u: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
 
     :param space: the model on unit-range inputs, already in eval mode.
     :param u: (m, ...) unit-range inputs on the model's device; ``y``: (m,) index labels.
-    :param eps: ε in unit range; ``step_size`` defaults to ``2.5 · eps / steps``.
+    :param eps: ε in unit range; ``step_size`` defaults to Madry's ``2.5 · eps / steps``.
     :param loss: ``'ce'`` (cross-entropy) or ``'cw'`` (CW∞ margin, κ = 50).
     :param seed: restart ``r`` draws its random start from a generator seeded with ``seed + r``.
     """
@@ -167,7 +159,7 @@ def pgd(space: nn.Module, u: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     if loss not in LOSSES:
         raise ValueError(f"Unknown attack `loss` {loss!r}: use 'ce' or 'cw'.")
     steps, restarts = int(steps), int(restarts)
-    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
+    alpha = madry_step(eps, steps) if step_size is None else float(step_size)
     loss_fn, m, dev = LOSSES[loss], len(u), u.device
     trace = torch.zeros(steps + 1, dtype=torch.float64, device=dev)
     ce_trace = torch.zeros_like(trace)

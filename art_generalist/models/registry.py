@@ -11,7 +11,7 @@ from art_generalist.models.resnet import ResNet18
 from art_generalist.models.smallcnn import SmallCNN
 from art_generalist.models.wide_resnet import WRN34_10
 
-__all__ = ["MODELS", "ModelFactory", "get_model", "list_models"]
+__all__ = ["MODELS", "DEFAULT_MODELS", "ModelFactory", "default_model", "get_model", "list_models"]
 
 #: ``factory(in_channels, num_classes, input_size) -> nn.Module``.
 ModelFactory = Callable[[int, int, int], nn.Module]
@@ -44,6 +44,19 @@ MODELS: dict[str, ModelFactory] = {
     "resnet18": _resnet18,
     "wrn34_10": _wrn34_10,
 }
+
+
+#: The architecture each data set is benchmarked with by default.
+DEFAULT_MODELS = {"digits": "digits_net", "mnist": "smallcnn", "fashion_mnist": "smallcnn", "cifar10": "resnet18",
+                  "cifar100": "resnet18", "svhn": "resnet18"}
+
+
+def default_model(dataset: str) -> str:
+    """The registry name of the default architecture for ``dataset``."""
+    try:
+        return DEFAULT_MODELS[dataset]
+    except KeyError:
+        raise ValueError(f"no default model for data set {dataset!r}; known: {sorted(DEFAULT_MODELS)}") from None
 
 
 def list_models() -> list[str]:

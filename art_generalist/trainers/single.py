@@ -1,25 +1,26 @@
 """Single-learner adversarial training (PGD-AT, TRADES, MART, or natural) on the same engine.
 
-The reference point for Generalist at an equal budget: the same edge, attack, objectives and
-schedules, with one learner that is the shipped model.
+The reference point for Generalist at an equal budget: the same edge, attack, objectives,
+schedules and plug-ins, with one learner that is the shipped model.
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
-import torch
-
-from art_generalist.base_trainer import Batch, TensorTrainer, describe
 from art_generalist.attacks import TrainingAttack
-from art_generalist.learners import Learner, LearnerSpec
+from art_generalist.config import describe
+from art_generalist.learners import EpochStats, Learner, LearnerSpec
 from art_generalist.objectives import Objective, resolve_objective
-from art_generalist.schedules import OFFICIAL_LR, Schedule, resolve_schedule
+from art_generalist.schedules import OFFICIAL_LR, Schedule, fractional_epoch, resolve_schedule
+from art_generalist.trainers.base import TensorTrainer
+from art_generalist.trainers.feed import Batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
 
 
-class AdversarialTrainerTensor(TensorTrainer):
+class SingleLearnerTrainer(TensorTrainer):
     """Madry PGD-AT (``objective="pgd"``), TRADES, MART or natural training of one model.
 
     :param classifier: the user's ART ``PyTorchClassifier`` (copied; its optimizer is cloned).
@@ -27,8 +28,10 @@ class AdversarialTrainerTensor(TensorTrainer):
     :param lr_schedule: ``"official"`` (Generalist's piecewise-linear decay), ``None`` or a callable.
     :param per_iteration_schedules: evaluate the lr schedule at fractional epochs (after each
         iteration) instead of once per epoch, as :class:`~art_generalist.GeneralistTrainer` can.
-    Other arguments as :class:`~art_generalist.base_trainer.TensorTrainer`.
+    Other arguments as :class:`~art_generalist.trainers.base.TensorTrainer`.
     """
+
+    _legacy_state_names = ("AdversarialTrainerTensor",)
 
     def __init__(self, classifier: "PyTorchClassifier", objective: Union[str, Objective] = "pgd",
                  lr_schedule: Union[None, str, Schedule, tuple] = "official",
@@ -45,7 +48,11 @@ class AdversarialTrainerTensor(TensorTrainer):
                   if self.objective.attack_loss is not None else None)
         self.learner = Learner(LearnerSpec(self.objective.name, self.objective), clf, self.global_space,
                                self.objective, attack, None,
-                               resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR))
+                               resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR), self.plugins)
+        self._finish_init()
+
+    def _state_name(self) -> str:
+        return "SingleLearnerTrainer"
 
     def settings(self) -> dict:
         return {**super().settings(), "objective": repr(self.objective), "lr_schedule": describe(self.learner.schedule),
@@ -62,18 +69,20 @@ class AdversarialTrainerTensor(TensorTrainer):
 
     def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
         self.learner.set_lr(self.learner.scheduled_lr(epoch, nb_epochs))
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = steps = 0
+        stats = EpochStats([self.learner], self.device)
         for u, y in batches:
             if self.per_iteration_schedules:  # same fractional epoch as Generalist's engine
-                self.learner.set_lr(self.learner.scheduled_lr(epoch - 1 + (steps + 1) / nb_batches, nb_epochs))
-            loss, n_correct = self.learner.step(u, y)
-            loss_sum += loss * len(y)
-            correct += n_correct
-            seen += len(y)
-            steps += 1
-        return {"epoch": epoch, "examples": seen, "steps": steps,
-                "learners": {self.learner.name: {"loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                                                 "lr": self.learner.optimizer.param_groups[0]["lr"],
-                                                 "adversarial": self.learner.attack is not None}}}
+                self.learner.set_lr(self.learner.scheduled_lr(fractional_epoch(epoch, stats.steps, nb_batches),
+                                                              nb_epochs))
+            stats.add(0, *self.learner.step(u, y), len(y))
+            stats.end_step(len(y))
+        return stats.record(epoch)
+
+
+class AdversarialTrainerTensor(SingleLearnerTrainer):
+    """Deprecated name of :class:`SingleLearnerTrainer` (same behaviour, same checkpoints)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn("AdversarialTrainerTensor is deprecated; use art_generalist.SingleLearnerTrainer.",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from torch import nn
 
-from art_generalist.checkpoint import PathLike
+from art_generalist.estimators import preprocessing_value
+from art_generalist.state.files import PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -46,9 +47,7 @@ def load_exported(path: PathLike, model: Optional[nn.Module] = None, device_type
         model = get_model(**arch["registry"])
     model.load_state_dict(load_file(str(path)), strict=True)
     prep = meta["preprocessing"]
-    mean, std = (np.asarray(prep[k], dtype=np.float32) for k in ("mean", "std"))
+    mean, std = (preprocessing_value(np.asarray(prep[k])) for k in ("mean", "std"))
     return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(meta["input_shape"]),
                              nb_classes=meta["nb_classes"], clip_values=tuple(meta["clip_values"]),
-                             preprocessing=(float(mean[0]) if mean.size == 1 else mean,
-                                            float(std[0]) if std.size == 1 else std),
-                             device_type=device_type)
+                             preprocessing=(mean, std), device_type=device_type)

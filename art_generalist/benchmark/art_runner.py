@@ -9,15 +9,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
 
 from art_generalist import estimators
-from art_generalist.attacks import InputSpace, TrainingAttack, robust_accuracy
+from art_generalist.attacks import InputSpace, ThreatModel
 from art_generalist.inputs import check_x, check_y
 from art_generalist.schedules import OFFICIAL_LR, Schedule
+from art_generalist.validation import validate
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -58,7 +59,8 @@ class ARTTrainerRun:
 
     def __init__(self, classifier: "PyTorchClassifier", method: str, eps: float, eps_step: float, max_iter: int,
                  trades_beta: float = 6.0, lr_schedule: Schedule = OFFICIAL_LR, val_max_iter: int = 20,
-                 verbose: bool = False, lr_updates_per_epoch: int = 1, seed: int = 0) -> None:
+                 verbose: bool = False, lr_updates_per_epoch: int = 1, seed: int = 0,
+                 norm: Union[str, float] = "inf") -> None:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.defences.trainer import AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch
 
@@ -73,6 +75,10 @@ class ARTTrainerRun:
             raise ValueError("ART's TRADES trainer does not support nn.Sequential models (ART bug, see "
                              "WORKAROUNDS['no_sequential']); wrap the model in a Module.")
         self.method, self.eps, self.eps_step, self.max_iter = method, eps, eps_step, max_iter
+        self.norm = ThreatModel.parse(norm)
+        art_norm = np.inf if self.norm is ThreatModel.LINF else 2
+        if method == "madry" and self.norm is not ThreatModel.LINF:
+            raise ValueError("ART's AdversarialTrainerMadryPGD trains against L∞ PGD only; use norm='inf'.")
         if not isinstance(lr_updates_per_epoch, int) or lr_updates_per_epoch < 1:
             raise ValueError(f"`lr_updates_per_epoch` must be an integer >= 1, got {lr_updates_per_epoch!r}.")
         self.lr_schedule, self.val_max_iter, self.verbose = lr_schedule, val_max_iter, verbose
@@ -83,7 +89,7 @@ class ARTTrainerRun:
                                                       max_iter=max_iter, num_random_init=1)
             self.workarounds = ["epochwise_lr", "own_validation", "input_units"]
         else:
-            attack = ProjectedGradientDescent(self.classifier, norm=np.inf, eps=eps, eps_step=eps_step,
+            attack = ProjectedGradientDescent(self.classifier, norm=art_norm, eps=eps, eps_step=eps_step,
                                               max_iter=max_iter, num_random_init=1, verbose=False)
             self.trainer = AdversarialTrainerTRADESPyTorch(self.classifier, attack, beta=trades_beta)
             self.workarounds = ["epochwise_lr", "own_validation", "trades_attack", "no_sequential"]
@@ -112,10 +118,7 @@ class ARTTrainerRun:
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start, "examples": len(x),
                                       "lr": self.classifier.optimizer.param_groups[0]["lr"]}
             if val is not None:
-                with torch.random.fork_rng(devices=[]):
-                    attack = (TrainingAttack(self.space, "inf", self.eps, 2.5 * self.eps / self.val_max_iter,
-                                             self.val_max_iter) if self.val_max_iter else None)
-                    record["val_clean_acc"], record["val_pgd_acc"] = robust_accuracy(self.space, *val, attack)
+                record.update(validate(self.space, *val, self.norm, self.eps, self.val_max_iter))
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
         return self.history

@@ -1,0 +1,291 @@
+"""Every option of the package's trainers, declared once (in the style of MadryLab's
+``robustness/defaults.py``): a frozen dataclass per option group, one field per option, each with
+its flat name (the keyword users pass), its default and its documentation.
+
+The trainers' keywords, :meth:`settings`, the CLI's ``--generalist-args`` and the README's knob
+table (:func:`knob_table`) all come from these classes; a test checks that the README agrees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+from art_generalist.attacks import ThreatModel
+from art_generalist.schedules import OFFICIAL_BETA, OFFICIAL_LR, DistributionSchedule, Schedule, resolve_schedule
+
+
+def option(default: Any, flat: str, doc: str, shown: Optional[str] = None) -> Any:
+    """A dataclass field with its flat keyword name, documentation and displayed default."""
+    meta = {"flat": flat, "doc": doc, "shown": shown}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def describe(value: Any) -> Any:
+    """A plain, process-independent description of a setting (for checkpoints and reports)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    if hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return repr(value)
+
+
+def check_int(value: Any, name: str, minimum: int) -> None:
+    """Refuse anything but an integer >= ``minimum`` (booleans included), naming the argument."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+
+
+class _Options:
+    """Shared behaviour of the option groups: flat names in and out, rows for the docs."""
+
+    @classmethod
+    def fields(cls) -> Iterator[tuple[str, dataclasses.Field]]:
+        """``(attribute, field)`` of every option, nested groups expanded, in declaration order."""
+        for f in dataclasses.fields(cls):
+            if "group" in f.metadata:  # a nested option group
+                yield from ((f"{f.name}.{a}", g) for a, g in f.metadata["group"].fields())
+            else:
+                yield f.name, f
+
+    @classmethod
+    def flat_names(cls) -> list[str]:
+        return [f.metadata["flat"] for _, f in cls.fields()]
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "_Options":
+        """Build from flat keywords (e.g. ``ema_decay=0.9``); unknown names are refused."""
+        return cls().replace(**options)
+
+    def replace(self, **options: Any) -> "_Options":
+        """A copy with the given flat options changed (validated again)."""
+        by_flat = {f.metadata["flat"]: path for path, f in self.fields()}
+        unknown = sorted(set(options) - set(by_flat))
+        if unknown:
+            raise ValueError(f"Unknown option(s) {unknown} for {type(self).__name__}; valid options: "
+                             f"{sorted(by_flat)}.")
+        groups: dict[str, dict] = {}
+        top: dict[str, Any] = {}
+        for flat, value in options.items():
+            path = by_flat[flat]
+            if "." in path:
+                group, attr = path.split(".")
+                groups.setdefault(group, {})[attr] = value
+            else:
+                top[path] = value
+        for group, changes in groups.items():
+            top[group] = dataclasses.replace(getattr(self, group), **changes)
+        return dataclasses.replace(self, **top)
+
+    def options(self) -> dict[str, Any]:
+        """The current values by flat name."""
+        out = {}
+        for path, f in self.fields():
+            obj = self
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            out[f.metadata["flat"]] = obj
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        """Plain descriptions by flat name, for checkpoints and exports."""
+        return {k: describe(v) for k, v in self.options().items()}
+
+    @classmethod
+    def rows(cls) -> list[tuple[str, str, str]]:
+        """``(flat name, default, documentation)`` for the README's knob table."""
+        defaults = cls().options()
+        return [(f.metadata["flat"], f.metadata["shown"] or repr(defaults[f.metadata["flat"]]), f.metadata["doc"])
+                for _, f in cls.fields()]
+
+
+def _group(cls: type) -> Any:
+    """A nested option group (its class is recorded for :meth:`_Options.fields`)."""
+    return field(default_factory=cls, metadata={"group": cls})
+
+
+# -- the PGD budget (ART's flat names) ------------------------------------------------------------
+@dataclass(frozen=True)
+class PGDBudget(_Options):
+    """The training attack's budget, in the classifier's input units."""
+
+    eps: float = option(8 / 255, "eps", "training PGD radius in the classifier's input units (ART's name)",
+                        "8/255")
+    eps_step: float = option(2 / 255, "eps_step", "training PGD step size", "2/255")
+    max_iter: int = option(10, "max_iter", "training PGD steps")
+    norm: Union[str, float] = option("inf", "norm", '`"inf"` (L∞) or `2` (L2)', '`"inf"`')
+
+    def __post_init__(self) -> None:
+        for name in ("eps", "eps_step"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        check_int(self.max_iter, "max_iter", 1)
+        ThreatModel.parse(self.norm)
+
+    def check_range(self, clip_values: tuple[float, float]) -> None:
+        """Refuse an ε wider than the input range (the 0-255 mix-up)."""
+        check_eps_range(self.eps, clip_values)
+
+
+def check_eps_range(eps: float, clip_values: tuple[float, float]) -> None:
+    """ε must fit the classifier's clip range (``eps=8`` for (0, 1) images is the 0-255 mix-up)."""
+    lo, hi = clip_values
+    if (lo, hi) == (0.0, 1.0) and eps > 1:
+        raise ValueError(f"`eps`={eps} exceeds the (0, 1) input range: eps is in input units "
+                         f"(for 8/255 on [0, 1] images pass eps=8/255, not 8).")
+    if eps > hi - lo:
+        raise ValueError(f"`eps`={eps} exceeds the clip range width {hi - lo:g}.")
+
+
+# -- runtime options shared by every trainer ------------------------------------------------------
+@dataclass(frozen=True)
+class RuntimeOptions(_Options):
+    """How a trainer runs; none of these changes the algorithm."""
+
+    val_max_iter: int = option(20, "val_max_iter", "steps of the validation PGD (step 2.5·eps/steps); 0 for clean only")
+    augment: Optional[Callable] = option(None, "augment", "tensor-native augmentation of unit-range batches, e.g. "
+                                         "`art_generalist.augment.random_crop_flip` for CIFAR")
+    amp: bool = option(False, "amp", "bf16 autocast")
+    channels_last: Union[bool, str] = option(
+        "auto", "channels_last", 'channels_last memory format for the models and their 4-D inputs; `"auto"` turns '
+        "it on for image classifiers (same arithmetic, faster convolutions and pooling on CPU)", '`"auto"`')
+    verbose: bool = option(True, "verbose", "tqdm bars per epoch and per batch")
+
+    def __post_init__(self) -> None:
+        check_int(self.val_max_iter, "val_max_iter", 0)
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            raise ValueError(f"`channels_last` must be True, False or 'auto', got {self.channels_last!r}.")
+
+    def use_channels_last(self, input_shape: Sequence[int]) -> bool:
+        """``"auto"``: channels_last for image inputs (``input_shape`` of rank 3, channels first)."""
+        return len(tuple(input_shape)) == 3 if self.channels_last == "auto" else bool(self.channels_last)
+
+
+# -- Generalist ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EMAOptions(_Options):
+    """The EMA of every teacher and of the global learner."""
+
+    decay: float = option(0.999, "ema_decay", "decay of every EMA (teachers and global learner), counted in iterations")
+    warmup: bool = option(True, "ema_warmup", "every EMA uses `min(decay, (t+1)/(t+10))`")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decay, bool) or not isinstance(self.decay, numbers.Real) or not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"`ema_decay` must lie in [0, 1], got {self.decay!r}.")
+
+
+@dataclass(frozen=True)
+class MixingOptions(_Options):
+    """How the teachers are mixed into the global learner."""
+
+    beta_schedule: Union[str, Schedule, tuple] = option(
+        "official", "beta_schedule", "β: (0, E/3, 2E/3, E) → (1, 1, 1, 0.4); or `(knots, values)` or a callable "
+        "`(epoch, E) -> β`", '`"official"`')
+    mix_weights: Optional[Callable] = option(None, "mix_weights", "callable `(epoch, E) -> weights`, one per "
+                                             "learner (replaces the β rule)")
+    mix_buffers: bool = option(True, "mix_buffers", "BatchNorm statistics are EMA'd and mixed like weights "
+                               "(official) or copied")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beta_schedule, (tuple, list)) and len(self.beta_schedule) == 2:
+            bad = [v for v in self.beta_schedule[1] if not 0.0 <= float(v) <= 1.0]
+            if bad:
+                raise ValueError(f"`beta_schedule` values must lie in [0, 1], got {list(self.beta_schedule[1])}.")
+        self.beta()  # raises on malformed schedules
+        if self.mix_weights is not None and not callable(self.mix_weights):
+            raise ValueError(f"`mix_weights` must be a callable (epoch, nb_epochs) -> weights, got {self.mix_weights!r}.")
+
+    def beta(self) -> Schedule:
+        return resolve_schedule(self.beta_schedule, "beta_schedule", OFFICIAL_BETA)
+
+
+@dataclass(frozen=True)
+class DistributionOptions(_Options):
+    """When the global learner is copied back into the base learners."""
+
+    start: Union[int, float] = option(0.625, "distribute_start", "t′, the end of the first distribution window; "
+                                      "floats are fractions of the budget, ints are epochs")
+    every: Union[int, float] = option(1 / 24, "distribute_every", "c, the spacing of the windows", "1/24")
+    length: Union[int, float] = option(1 / 120, "distribute_length", "the length of a window", "1/120")
+    per_iteration: bool = option(True, "distribute_per_iteration", "copy G into the learners after every "
+                                 "iteration of a window (official) or once at its end")
+
+    def __post_init__(self) -> None:
+        self.schedule()  # validates t', c and the length
+
+    def schedule(self) -> DistributionSchedule:
+        return DistributionSchedule(self.start, self.every, self.length)
+
+
+@dataclass(frozen=True)
+class ScheduleOptions(_Options):
+    """Learning rates and when schedules are read."""
+
+    lr_schedule: Union[None, str, Schedule, tuple] = option(
+        "official", "lr_schedule", "(0, E/3, 2E/3, E) → (1, 1, 0.1, 0.01) × lr; `None`: constant; or a callable",
+        '`"official"`')
+    shared_lr: bool = option(True, "shared_lr", "every learner follows the first learner's lr (the official code "
+                             "overwrites the natural lr)")
+    per_iteration: bool = option(False, "per_iteration_schedules", "β and lr at fractional epochs (TMLlib) "
+                                 "instead of once per epoch (official)")
+
+    def __post_init__(self) -> None:
+        self.lr()
+
+    def lr(self) -> Schedule:
+        return resolve_schedule(self.lr_schedule, "lr_schedule", OFFICIAL_LR)
+
+
+@dataclass(frozen=True)
+class GeneralistConfig(_Options):
+    """Every Generalist option, grouped; build it with keywords or :meth:`from_options`.
+
+    ``GeneralistConfig.from_options(ema_decay=0.9, beta_schedule="official")`` and
+    ``GeneralistTrainer(classifier, ema_decay=0.9)`` are the same configuration.
+    """
+
+    learners: Optional[Sequence[Any]] = option(
+        None, "learners", "list of `LearnerSpec(name, objective, norm, eps, eps_step, max_iter, optimizer, "
+        "lr_schedule, classifier)`; W >= 2 experts, e.g. natural + L∞ + L2 (Generalist++)", "robust PGD + natural")
+    sync_init: bool = option(True, "sync_init", "all learners start from the classifier's weights (official: "
+                             "identical initialisation)")
+    ema: EMAOptions = _group(EMAOptions)
+    mixing: MixingOptions = _group(MixingOptions)
+    distribution: DistributionOptions = _group(DistributionOptions)
+    schedules: ScheduleOptions = _group(ScheduleOptions)
+
+    def __post_init__(self) -> None:
+        if self.learners is None:
+            return
+        from art_generalist.objectives import resolve_objective
+
+        specs = list(self.learners)
+        if len(specs) < 2:
+            raise ValueError(f"`learners` must hold at least 2 LearnerSpec, got {len(specs)}.")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Learner names must be unique, got {names}.")
+        for spec in specs:
+            resolve_objective(spec.objective)  # raises on unknown names
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        out.pop("learners")  # described by the trainer from the built learners
+        return out
+
+
+def knob_table() -> str:
+    """The README's "Every knob" table, generated from the option classes."""
+    lines = ["| argument | default | meaning |", "|---|---|---|"]
+    for cls in (PGDBudget, GeneralistConfig, RuntimeOptions):
+        for name, default, doc in cls.rows():
+            shown = default if default.startswith("`") or " " in default else f"`{default}`"
+            lines.append(f"| `{name}` | {shown} | {doc} |")
+    return "\n".join(lines)

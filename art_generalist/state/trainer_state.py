@@ -1,0 +1,158 @@
+"""Trainer state: checkpoints that resume exactly, and export of the shipped model.
+
+A checkpoint holds the trainer's models, optimizers and EMA counters (subclass hooks), the
+plug-ins' state, the training progress, the history, the best validation model, every RNG
+state, the settings as a plain dict and a format version. It is written atomically and read
+back with weights-only loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from art_generalist.plugins import PluginList
+from art_generalist.state.files import (FORMAT_VERSION, PathLike, atomic_save, collect_rng_states, safe_load,
+                                        save_safetensors, set_rng_states)
+from art_generalist.validation import BestModel
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_GLOB = "checkpoint-epoch*.pt"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint-epoch{epoch:05d}.pt"
+
+
+def list_checkpoints(directory: Optional[PathLike]) -> list[Path]:
+    """Checkpoints in ``directory``, oldest first (temporary files are ignored)."""
+    if directory is None:
+        return []
+    directory = Path(directory)
+    return sorted(directory.glob(CHECKPOINT_GLOB)) if directory.is_dir() else []
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the last finished epoch of a budget of ``nb_epochs``, the optimizer
+    steps taken so far, and where this run's entries start in the history."""
+
+    epoch: int = 0
+    nb_epochs: int = 0
+    global_step: int = 0
+    fit_history_start: int = 0
+
+
+class TrainerState:
+    """``state_dict``/``load_state_dict``, ``save_checkpoint``/``load_checkpoint``, checkpoint
+    timing and resume within ``fit``, and ``export``.
+
+    Subclasses provide ``settings()`` (a plain dict), ``_model_state()``,
+    ``_load_model_state(state)``, ``plugins`` (a :class:`PluginList`) and ``_shipped_model()``.
+    """
+
+    progress: Progress
+    best: BestModel
+    plugins: PluginList
+    history: list
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume training bit for bit (tensors and plain values only)."""
+        return {"format_version": FORMAT_VERSION, "trainer": self._state_name(), "settings": self.settings(),
+                "models": self._model_state(), "plugins": self.plugins.state_dict(),
+                "progress": {**dataclasses.asdict(self.progress), "best_score": self.best.score},
+                "history": list(self.history), "best_state": self.best.state, "rng": collect_rng_states()}
+
+    def load_state_dict(self, state: dict, strict_settings: bool = True) -> None:
+        """Restore a :meth:`state_dict`; the trainer must be built with the same model and settings."""
+        version = state.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"Unsupported checkpoint format_version {version!r}; this version of "
+                             f"art-generalist reads format {FORMAT_VERSION}.")
+        if state.get("trainer") not in (self._state_name(), *self._legacy_state_names):
+            raise ValueError(f"The checkpoint was written by {state.get('trainer')!r}, not {self._state_name()!r}.")
+        mine, theirs = self.settings(), state["settings"]
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ and strict_settings:
+            detail = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, trainer {mine.get(k)!r}" for k in differ[:6])
+            raise ValueError(f"The checkpoint's settings differ from this trainer's ({detail}). Build the "
+                             f"trainer with the same settings, or pass strict_settings=False.")
+        self._load_model_state(state["models"])
+        self.plugins.load_state_dict(state.get("plugins", {}))
+        progress = dict(state["progress"])
+        self.best.score, self.best.state = progress.pop("best_score", None), state.get("best_state")
+        fields = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in progress.items() if k in fields})
+        self.history = list(state["history"])
+        set_rng_states(state["rng"])
+
+    #: Names under which earlier versions wrote this trainer's checkpoints.
+    _legacy_state_names: tuple[str, ...] = ()
+
+    def _state_name(self) -> str:
+        return type(self).__name__
+
+    def save_checkpoint(self, path: PathLike) -> Path:
+        """Write :meth:`state_dict` atomically (temporary file, then rename)."""
+        return atomic_save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: PathLike, strict_settings: bool = True) -> dict:
+        """Load a checkpoint written by :meth:`save_checkpoint` (weights-only; unsafe files refused)."""
+        state = safe_load(path, map_location="cpu")
+        if not isinstance(state, dict) or "format_version" not in state:
+            raise ValueError(f"{path} is not an art-generalist checkpoint.")
+        self.load_state_dict(state, strict_settings=strict_settings)
+        logger.info("loaded checkpoint %s (epoch %s)", path, self.progress.epoch)
+        return state
+
+    # -- within fit -------------------------------------------------------------------------------
+    def _start_run(self, nb_epochs: int, checkpoint_dir: Optional[PathLike], resume: bool) -> int:
+        """Resume from the newest checkpoint in ``checkpoint_dir`` or start afresh; returns the
+        first epoch to train."""
+        found = list_checkpoints(checkpoint_dir) if resume else []
+        if not found:
+            self.progress = Progress(nb_epochs=nb_epochs, global_step=self.progress.global_step,
+                                     fit_history_start=len(self.history))
+            self.best = BestModel()
+            return 1
+        self.load_checkpoint(found[-1])
+        if self.progress.nb_epochs != nb_epochs:
+            raise ValueError(f"The checkpoint {found[-1]} belongs to a run of {self.progress.nb_epochs} "
+                             f"epochs; resume with nb_epochs={self.progress.nb_epochs}, got {nb_epochs}.")
+        return self.progress.epoch + 1
+
+    def _checkpoint_epoch(self, directory: Optional[PathLike], epoch: int, every: int, keep_last: int) -> None:
+        """After an epoch: write a checkpoint every ``every`` epochs and at the last one, keep
+        the newest ``keep_last``."""
+        if directory is None or (epoch % every != 0 and epoch != self.progress.nb_epochs):
+            return
+        self.save_checkpoint(Path(directory) / checkpoint_name(epoch))
+        for old in list_checkpoints(directory)[:-keep_last]:
+            old.unlink(missing_ok=True)
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, path: PathLike, report: Optional[dict] = None) -> tuple[Path, Path]:
+        """The shipped model's weights as safetensors plus JSON metadata (architecture,
+        preprocessing, clip_values, threat model, plug-ins, evaluation report). See
+        :func:`art_generalist.state.export.load_exported`."""
+        clf = self.get_classifier()
+        model = clf.model
+        metadata: dict[str, Any] = {
+            "format": "art-generalist-export", "format_version": FORMAT_VERSION, "trainer": self._state_name(),
+            "architecture": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                             "registry": getattr(model, "registry_spec", None)},
+            "input_shape": list(clf.input_shape), "nb_classes": int(clf.nb_classes),
+            "clip_values": [float(v) for v in self.clip_values],
+            "preprocessing": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
+            "threat_model": {"norm": self.norm.value, "eps": float(self.eps)},
+            "epochs_trained": len(self.history), "settings": self.settings(),
+            "plugins": self.plugins.export_metadata(), "report": report,
+        }
+        state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        return save_safetensors(state, metadata, path)

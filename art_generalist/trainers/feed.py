@@ -1,0 +1,53 @@
+"""Batches for the training loop: each entry point of a trainer (arrays, an ART
+``DataGenerator``, a torch ``DataLoader``) becomes a function that yields one epoch of
+``(u, y)`` batches, unit-range inputs and index labels on the device."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from art.data_generators import DataGenerator
+
+    from art_generalist.attacks import InputSpace
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Batches = Callable[[], Iterator[Batch]]
+
+
+def nb_array_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    nb = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if nb == 0:
+        raise ValueError(f"`batch_size`={batch_size} with drop_last leaves no batch for {n} examples.")
+    return nb
+
+
+def array_batches(u: torch.Tensor, y: torch.Tensor, batch_size: int, nb_batches: int, shuffle: bool) -> Batches:
+    """Epochs over device tensors: one ``randperm`` on the data's device per epoch."""
+    def batches() -> Iterator[Batch]:
+        order = torch.randperm(len(u), device=u.device) if shuffle else torch.arange(len(u), device=u.device)
+        for idx in order.split(batch_size)[:nb_batches]:
+            yield u[idx], y[idx]
+    return batches
+
+
+def generator_batches(generator: "DataGenerator", nb_batches: int, convert: Callable[..., Batch]) -> Batches:
+    """Epochs over an ART ``DataGenerator`` (numpy batches, checked and converted one at a time)."""
+    def batches() -> Iterator[Batch]:
+        for _ in range(nb_batches):
+            yield convert(*generator.get_batch())
+    return batches
+
+
+def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, nb_classes: int) -> Batches:
+    """Epochs over a torch ``DataLoader`` of ``(x, y)`` in input units (one-hot labels accepted)."""
+    def batches() -> Iterator[Batch]:
+        for xb, yb in loader:
+            xb = xb.to(device, torch.float32, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
+            if yb.dim() == 2 and yb.shape[1] == nb_classes:
+                yb = yb.argmax(1)
+            yield space.to_unit(xb), yb.reshape(-1).long()
+    return batches
