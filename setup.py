@@ -35,7 +35,7 @@ setup(
     ],
     entry_points={"console_scripts": ["art-generalist = art_generalist.cli:main"]},
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.5"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torchattacks

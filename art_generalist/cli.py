@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--per-iteration-schedules", action="store_true",
                    help="every method's lr (and Generalist's β) follows the schedule at fractional epochs "
                         "(ART's trainers in --art-lr-chunks chunks per epoch); for runs of a few epochs")
-    b.add_argument("--art-lr-chunks", type=int, default=20, help="ART fit calls per epoch with --per-iteration-schedules")
+    b.add_argument("--art-lr-chunks", type=int, default=20,
+                   help="ART fit calls per epoch with --per-iteration-schedules")
     b.add_argument("--generalist-args", default=None, type=_generalist_options,
                    help="Generalist options as a JSON object, e.g. "
                         "'{\"distribute_every\": 0.125, \"beta_schedule\": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}'; "
@@ -159,7 +160,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     clf = load_exported(args.model_path, device_type="gpu" if args.device.startswith("cuda") else "cpu")
     data = load_dataset(args.dataset, root=args.data_root, seed=args.seed, n_test=args.n_eval)
     eps = meta["threat_model"]["eps"] if args.eps is None else args.eps
-    report = evaluate(clf, data.x_test, data.y_test, eps=eps, norm="inf" if meta["threat_model"]["norm"] == "linf" else 2,
+    norm = "inf" if meta["threat_model"]["norm"] == "linf" else 2
+    report = evaluate(clf, data.x_test, data.y_test, eps=eps, norm=norm,
                       attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
                       aa_version=args.aa_version, pgd_steps=args.pgd_steps, seed=args.seed, device=args.device,
                       checks=None if args.checks == "none" else args.checks, model_name=str(args.model_path),

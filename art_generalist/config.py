@@ -200,7 +200,8 @@ class MixingOptions(_Options):
                 raise ValueError(f"`beta_schedule` values must lie in [0, 1], got {list(self.beta_schedule[1])}.")
         self.beta()  # raises on malformed schedules
         if self.mix_weights is not None and not callable(self.mix_weights):
-            raise ValueError(f"`mix_weights` must be a callable (epoch, nb_epochs) -> weights, got {self.mix_weights!r}.")
+            raise ValueError(f"`mix_weights` must be a callable (epoch, nb_epochs) -> weights, "
+                             f"got {self.mix_weights!r}.")
 
     def beta(self) -> Schedule:
         return resolve_schedule(self.beta_schedule, "beta_schedule", OFFICIAL_BETA)

@@ -55,7 +55,8 @@ class Generalist:
         natural = [i for i in range(len(self.learners)) if i not in robust]
         # β goes to the robust teachers and 1-β to the natural ones, each split evenly. With
         # experts of one kind only (e.g. L∞ + L2), β goes to the first and 1-β to the others.
-        self._beta_group, self._rest_group = (robust, natural) if robust and natural else ([0], list(range(1, len(learners))))
+        self._beta_group, self._rest_group = ((robust, natural) if robust and natural
+                                              else ([0], list(range(1, len(learners)))))
 
     # -- schedules -------------------------------------------------------------------------
     def beta(self, epoch: float, nb_epochs: int) -> float:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-def sgd(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False) -> OptimizerFactory:
+def sgd(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+        nesterov: bool = False) -> OptimizerFactory:
     """An SGD factory, e.g. the official robust learner ``sgd(0.01, weight_decay=3.5e-3)``."""
     def factory(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)

@@ -19,8 +19,8 @@ from art.defences.trainer import AdversarialTrainerMadryPGD
 from art.estimators.classification import PyTorchClassifier
 
 from art_generalist import GeneralistTrainer
-from art_generalist.estimators import build_classifier
 from art_generalist.data import load_dataset
+from art_generalist.estimators import build_classifier
 from art_generalist.models import SmallCNN
 
 
@@ -59,8 +59,9 @@ def main() -> None:
         variants["generalist_channels_last"] = dict(amp=args.amp, channels_last=True)
     for rep in range(args.repeats):
         if not args.skip_art:
-            art = AdversarialTrainerMadryPGD(classifier(data, args.device, rep), nb_epochs=1, batch_size=args.batch_size,
-                                             eps=args.eps, eps_step=args.eps_step, max_iter=args.max_iter)
+            art = AdversarialTrainerMadryPGD(classifier(data, args.device, rep), nb_epochs=1,
+                                             batch_size=args.batch_size, eps=args.eps, eps_step=args.eps_step,
+                                             max_iter=args.max_iter)
             start = time.perf_counter()
             art.fit(x, y)
             times["art_madry"].append(time.perf_counter() - start)

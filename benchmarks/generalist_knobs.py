@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from art_generalist import SingleLearnerTrainer, GeneralistTrainer, LearnerSpec
-from art_generalist.estimators import build_classifier
+from art_generalist import GeneralistTrainer, LearnerSpec, SingleLearnerTrainer
+from art_generalist.attacks import madry_step
 from art_generalist.data import load_dataset
+from art_generalist.estimators import build_classifier
 from art_generalist.models import get_model
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = get_model("smallcnn", data.input_shape[0], data.nb_classes, data.input_shape[-1])
     clf = build_classifier(model, data, lr=args.lr)
-    budget = dict(eps=args.eps, eps_step=2.5 * args.eps / args.max_iter, max_iter=args.max_iter, verbose=False,
+    budget = dict(eps=args.eps, eps_step=madry_step(args.eps, args.max_iter), max_iter=args.max_iter, verbose=False,
                   val_max_iter=0)
     if kw.pop("baseline", False):
         trainer = SingleLearnerTrainer(clf, objective=kw.pop("objective", "pgd"), **budget)

@@ -15,9 +15,10 @@ import time
 import torch
 from art.estimators.classification import PyTorchClassifier
 
-from art_generalist import SingleLearnerTrainer, GeneralistTrainer
-from art_generalist.estimators import build_classifier
+from art_generalist import GeneralistTrainer, SingleLearnerTrainer
+from art_generalist.attacks import madry_step
 from art_generalist.data import load_dataset
+from art_generalist.estimators import build_classifier
 from art_generalist.models import get_model
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    eps_step = args.eps_step or 2.5 * args.eps / args.max_iter
+    eps_step = args.eps_step or madry_step(args.eps, args.max_iter)
     data = load_dataset(args.dataset, root=args.data_root, n_train=args.n_train + args.n_val,
                         n_test=args.n_test, seed=args.seed)
     x_tr, y_tr = data.x_train[args.n_val:], data.y_train[args.n_val:]

@@ -79,7 +79,8 @@ def test_attack_runs_in_eval_mode_and_restores_training_mode(digits):
     model.register_forward_hook(lambda m, i, o: seen.append(m.training))
     space.train()
     stats = model[1].running_mean.clone()
-    TrainingAttack(space, "inf", 0.1, 0.025, 3)(torch.from_numpy(digits.x_test[:16]), torch.from_numpy(digits.y_test[:16]))
+    attack = TrainingAttack(space, "inf", 0.1, 0.025, 3)
+    attack(torch.from_numpy(digits.x_test[:16]), torch.from_numpy(digits.y_test[:16]))
     assert seen and not any(seen)
     assert space.training and model.training
     assert torch.equal(model[1].running_mean, stats)

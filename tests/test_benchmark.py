@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from art_generalist import SingleLearnerTrainer, GeneralistTrainer
-from art_generalist.config import RuntimeOptions
+from art_generalist import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.benchmark import run as bench
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
+from art_generalist.config import RuntimeOptions
 from tests.conftest import make_classifier
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
@@ -105,7 +105,8 @@ def test_art_chunked_epoch_follows_the_schedule(digits):
     history = run.fit(digits.x_train[:384], digits.y_train[:384], nb_epochs=1, batch_size=64)
     assert [n for n, _ in lrs] == [128, 128, 128]
     base = classifier.optimizer.param_groups[0]["lr"]
-    np.testing.assert_allclose([lr for _, lr in lrs], [base * run.lr_schedule(t, 1) for t in (1.5 / 6, 3.5 / 6, 5.5 / 6)])
+    expected = [base * run.lr_schedule(t, 1) for t in (1.5 / 6, 3.5 / 6, 5.5 / 6)]
+    np.testing.assert_allclose([lr for _, lr in lrs], expected)
     assert history[0]["examples"] == 384
 
 

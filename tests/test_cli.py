@@ -35,7 +35,36 @@ def test_train_then_evaluate(tmp_path, capsys):
     code = main(["evaluate", str(out / "model.safetensors"), "--n-eval", "24", "--attacks", "pgd",
                  "--pgd-steps", "3", "--out", str(tmp_path / "report.json"), "--quiet", "--threads", "1"])
     report = json.loads((tmp_path / "report.json").read_text())
-    assert code in (0, 1) and report["clean_acc"] >= report["robust_acc"]
+    assert report["reliable"] and report["clean_acc"] >= report["robust_acc"]
+    assert code == 0
+
+
+def test_evaluate_exits_1_on_an_unreliable_report(tmp_path, monkeypatch):
+    """The exit code follows the report's integrity verdict (scripts and CI gate on it)."""
+    import art_generalist.evaluation as evaluation
+
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--n-train", "64", "--n-val", "0", "--max-iter", "1",
+                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    real = evaluation.evaluate
+
+    def unreliable(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.reliable, report.unreliable_reasons = False, ["fabricated: a failed check"]
+        return report
+
+    monkeypatch.setattr(evaluation, "evaluate", unreliable)
+    assert main(["evaluate", str(out / "model.safetensors"), "--n-eval", "16", "--attacks", "pgd",
+                 "--pgd-steps", "2", "--quiet", "--threads", "1"]) == 1
+
+
+def test_generalist_args_are_checked_against_the_config():
+    from art_generalist.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["benchmark", "--generalist-args", '{"ema_decy": 0.9}'])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["benchmark", "--generalist-args", '{"ema_decay": 2.0}'])
 
 
 def test_unknown_method_is_rejected():

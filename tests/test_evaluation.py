@@ -261,6 +261,7 @@ def test_json_round_trip(trained, data, tmp_path):
     (dict(checks="some"), "checks"), (dict(attacks=("pgd", "deepfool")), "attacks"),
     (dict(pgd_steps=0), "pgd_steps"), (dict(eps=-1.0), "eps"), (dict(norm=1), "norm"),
     (dict(attacks=("autoattack",), aa_version="quick"), "aa_version"),
+    (dict(eps=8.0), "exceeds the \\(0, 1\\) input range"), (dict(eps=1.5), "exceeds"),
 ])
 def test_bad_arguments_raise(trained, data, kwargs, match):
     with pytest.raises(ValueError, match=match):

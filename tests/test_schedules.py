@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from art_generalist.schedules import (OFFICIAL_BETA, OFFICIAL_LR, DistributionSchedule, PiecewiseLinear,
-                                      distribution_epochs)
+from art_generalist.schedules import (
+    OFFICIAL_BETA,
+    OFFICIAL_LR,
+    DistributionSchedule,
+    PiecewiseLinear,
+    distribution_epochs,
+)
 
 
 @pytest.mark.parametrize("epoch,beta", [(0, 1.0), (1, 1.0), (40, 1.0), (80, 1.0), (100, 0.7), (120, 0.4), (130, 0.4)])

@@ -7,7 +7,7 @@ import torch
 from art.defences.trainer import Trainer
 from art.estimators.classification import PyTorchClassifier
 
-from art_generalist import SingleLearnerTrainer, GeneralistTrainer, LearnerSpec
+from art_generalist import GeneralistTrainer, LearnerSpec, Plugin, SingleLearnerTrainer
 from tests.conftest import make_classifier, state_equal, tiny_net
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=3, verbose=False, val_max_iter=0)
@@ -175,8 +175,37 @@ def test_restore_best_uses_validation_only(small):
     trainer = GeneralistTrainer(make_classifier(), **FAST)
     with pytest.raises(ValueError, match="needs `validation_data`"):
         trainer.fit(x, y, nb_epochs=1, restore_best=True)
-    history = trainer.fit(x, y, validation_data=(x[:64], y[:64]), nb_epochs=2, batch_size=64, restore_best=True)
-    assert any(r.get("best") for r in history)
+
+
+class _ScriptedValidation(GeneralistTrainer):
+    """Validation scores fixed in advance, so that the best epoch is known: the second of three."""
+
+    def _validate(self, u, y):
+        self._scores = getattr(self, "_scores", iter([0.2, 0.9, 0.5]))
+        return {"val_clean_acc": next(self._scores), "val_pgd_acc": 0.0, "val_seconds": 0.0}
+
+
+class _Snapshots(Plugin):
+    """Keeps the global learner's weights after each epoch (the weights that are validated)."""
+
+    name = "snapshots"
+
+    def __init__(self):
+        self.states = []
+
+    def after_epoch(self, trainer, record):
+        self.states.append({k: v.clone() for k, v in trainer.global_space.model.state_dict().items()})
+
+
+def test_restore_best_restores_the_best_validation_epoch(small):
+    x, y = small
+    snapshots = _Snapshots()
+    trainer = _ScriptedValidation(make_classifier(), plugins=[snapshots], **FAST)
+    history = trainer.fit(x, y, validation_data=(x[:64], y[:64]), nb_epochs=3, batch_size=64, restore_best=True)
+    assert [bool(r.get("best")) for r in history] == [True, True, False]
+    restored = trainer.get_classifier().model.state_dict()
+    assert all(torch.equal(restored[k], snapshots.states[1][k]) for k in restored)
+    assert not all(torch.equal(snapshots.states[1][k], snapshots.states[2][k]) for k in restored)
 
 
 @pytest.mark.parametrize("options", [dict(amp=True), dict(channels_last=True)])

@@ -37,8 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from art_generalist.attacks import ThreatModel
-from art_generalist.attacks import predict_labels
+from art_generalist.attacks import ThreatModel, predict_labels
 
 logger = logging.getLogger(__name__)
 

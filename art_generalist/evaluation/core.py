@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 
-from art_generalist.attacks import InputSpace, ThreatModel
+from art_generalist.attacks import InputSpace, ThreatModel, madry_step, predict_labels
 from art_generalist.config import check_eps_range
 from art_generalist.estimators import clip_range, mean_std
 from art_generalist.evaluation import checks as C
 from art_generalist.evaluation.autoattack_adapter import AutoAttackAdapter
 from art_generalist.evaluation.guard import ModelGuard
-from art_generalist.attacks import madry_step, predict_labels
 from art_generalist.evaluation.pgd import AttackRun, PerturbationStats, fgsm, perturbation_stats, pgd
 from art_generalist.evaluation.report import EvaluationReport
 from art_generalist.inputs import check_x, check_y

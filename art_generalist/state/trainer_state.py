@@ -16,8 +16,15 @@ from typing import Any, Optional
 import torch
 
 from art_generalist.plugins import PluginList
-from art_generalist.state.files import (FORMAT_VERSION, PathLike, atomic_save, collect_rng_states, safe_load,
-                                        save_safetensors, set_rng_states)
+from art_generalist.state.files import (
+    FORMAT_VERSION,
+    PathLike,
+    atomic_save,
+    collect_rng_states,
+    safe_load,
+    save_safetensors,
+    set_rng_states,
+)
 from art_generalist.validation import BestModel
 
 logger = logging.getLogger(__name__)

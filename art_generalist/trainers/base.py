@@ -22,8 +22,14 @@ from art_generalist.config import PGDBudget, RuntimeOptions, check_int, describe
 from art_generalist.inputs import check_x, check_y
 from art_generalist.plugins import Plugin, PluginList
 from art_generalist.state.trainer_state import Progress, TrainerState
-from art_generalist.trainers.feed import (Batch, Batches, array_batches, generator_batches, loader_batches,
-                                          nb_array_batches)
+from art_generalist.trainers.feed import (
+    Batch,
+    Batches,
+    array_batches,
+    generator_batches,
+    loader_batches,
+    nb_array_batches,
+)
 from art_generalist.validation import BestModel, madry_attack, robust_accuracy, score, validate
 
 if TYPE_CHECKING:  # pragma: no cover
