@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 import torch
 
 from art_generalist.attacks import madry_step
-from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_table
+from art_generalist.benchmark.fronts import FRONT_METHODS
+from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_fronts, format_table
 from art_generalist.config import GeneralistConfig
 from art_generalist.data import DATASETS
 from art_generalist.estimators import build_classifier
@@ -60,7 +61,11 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="Generalist vs ART Madry vs ART TRADES at the same budget")
     _common(b)
     _training(b)
-    b.add_argument("--methods", default="generalist,art_madry,art_trades", help=f"comma list of {list(METHODS)}")
+    b.add_argument("--methods", default="generalist,art_madry,art_trades",
+                   help=f"comma list of {list(METHODS)}; a knob after @ sweeps a front: generalist@0.7 (final β), "
+                        "art_trades@3 or trades@3 (TRADES β)")
+    b.add_argument("--fronts", action="store_true",
+                   help=f"trade-off fronts: --methods {','.join(FRONT_METHODS)}")
     b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
     b.add_argument("--aa-version", default="fast", help="AutoAttack: standard, fast (APGD-CE + APGD-T), apgd-ce")
     b.add_argument("--pgd-steps", type=int, default=20)
@@ -109,7 +114,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     cfg = BenchmarkConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, eps=args.eps,
                           eps_step=args.eps_step, max_iter=args.max_iter,
-                          methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                          methods=FRONT_METHODS if args.fronts else tuple(m.strip() for m in args.methods.split(",")
+                                                                          if m.strip()),
                           n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, aa_version=args.aa_version,
                           pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
                           device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
@@ -117,6 +123,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {})
     results = run_benchmark(cfg)
     print(format_table(results["rows"]))
+    print(format_fronts(results["fronts"]))
     print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
     return 0
 

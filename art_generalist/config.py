@@ -1,118 +1,33 @@
 """Every option of the package's trainers, declared once (in the style of MadryLab's
 ``robustness/defaults.py``): a frozen dataclass per option group, one field per option, each with
-its flat name (the keyword users pass), its default and its documentation.
+its flat name (the keyword users pass), its default and its documentation (see
+:mod:`art_generalist.options` for the machinery).
 
 The trainers' keywords, :meth:`settings`, the CLI's ``--generalist-args`` and the README's knob
 table (:func:`knob_table`) all come from these classes; a test checks that the README agrees.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
 from art_generalist.attacks import ThreatModel
-from art_generalist.schedules import OFFICIAL_BETA, OFFICIAL_LR, DistributionSchedule, Schedule, resolve_schedule
-
-
-def option(default: Any, flat: str, doc: str, shown: Optional[str] = None) -> Any:
-    """A dataclass field with its flat keyword name, documentation and displayed default."""
-    meta = {"flat": flat, "doc": doc, "shown": shown}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def describe(value: Any) -> Any:
-    """A plain, process-independent description of a setting (for checkpoints and reports)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [describe(v) for v in value]
-    if hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    return repr(value)
-
-
-def check_int(value: Any, name: str, minimum: int) -> None:
-    """Refuse anything but an integer >= ``minimum`` (booleans included), naming the argument."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
-class _Options:
-    """Shared behaviour of the option groups: flat names in and out, rows for the docs."""
-
-    @classmethod
-    def fields(cls) -> Iterator[tuple[str, dataclasses.Field]]:
-        """``(attribute, field)`` of every option, nested groups expanded, in declaration order."""
-        for f in dataclasses.fields(cls):
-            if "group" in f.metadata:  # a nested option group
-                yield from ((f"{f.name}.{a}", g) for a, g in f.metadata["group"].fields())
-            else:
-                yield f.name, f
-
-    @classmethod
-    def flat_names(cls) -> list[str]:
-        return [f.metadata["flat"] for _, f in cls.fields()]
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "_Options":
-        """Build from flat keywords (e.g. ``ema_decay=0.9``); unknown names are refused."""
-        return cls().replace(**options)
-
-    def replace(self, **options: Any) -> "_Options":
-        """A copy with the given flat options changed (validated again)."""
-        by_flat = {f.metadata["flat"]: path for path, f in self.fields()}
-        unknown = sorted(set(options) - set(by_flat))
-        if unknown:
-            raise ValueError(f"Unknown option(s) {unknown} for {type(self).__name__}; valid options: "
-                             f"{sorted(by_flat)}.")
-        groups: dict[str, dict] = {}
-        top: dict[str, Any] = {}
-        for flat, value in options.items():
-            path = by_flat[flat]
-            if "." in path:
-                group, attr = path.split(".")
-                groups.setdefault(group, {})[attr] = value
-            else:
-                top[path] = value
-        for group, changes in groups.items():
-            top[group] = dataclasses.replace(getattr(self, group), **changes)
-        return dataclasses.replace(self, **top)
-
-    def options(self) -> dict[str, Any]:
-        """The current values by flat name."""
-        out = {}
-        for path, f in self.fields():
-            obj = self
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            out[f.metadata["flat"]] = obj
-        return out
-
-    def settings(self) -> dict[str, Any]:
-        """Plain descriptions by flat name, for checkpoints and exports."""
-        return {k: describe(v) for k, v in self.options().items()}
-
-    @classmethod
-    def rows(cls) -> list[tuple[str, str, str]]:
-        """``(flat name, default, documentation)`` for the README's knob table."""
-        defaults = cls().options()
-        return [(f.metadata["flat"], f.metadata["shown"] or repr(defaults[f.metadata["flat"]]), f.metadata["doc"])
-                for _, f in cls.fields()]
-
-
-def _group(cls: type) -> Any:
-    """A nested option group (its class is recorded for :meth:`_Options.fields`)."""
-    return field(default_factory=cls, metadata={"group": cls})
+from art_generalist.options import Options, check_int, group, option
+from art_generalist.schedules import (
+    OFFICIAL_BETA,
+    OFFICIAL_LR,
+    DistributionSchedule,
+    Schedule,
+    budget_relative_ema,
+    resolve_schedule,
+)
 
 
 # -- the PGD budget (ART's flat names) ------------------------------------------------------------
 @dataclass(frozen=True)
-class PGDBudget(_Options):
+class PGDBudget(Options):
     """The training attack's budget, in the classifier's input units."""
 
     eps: float = option(8 / 255, "eps", "training PGD radius in the classifier's input units (ART's name)",
@@ -146,7 +61,7 @@ def check_eps_range(eps: float, clip_values: tuple[float, float]) -> None:
 
 # -- runtime options shared by every trainer ------------------------------------------------------
 @dataclass(frozen=True)
-class RuntimeOptions(_Options):
+class RuntimeOptions(Options):
     """How a trainer runs; none of these changes the algorithm."""
 
     val_max_iter: int = option(20, "val_max_iter", "steps of the validation PGD (step 2.5·eps/steps); 0 for clean only")
@@ -170,19 +85,29 @@ class RuntimeOptions(_Options):
 
 # -- Generalist ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EMAOptions(_Options):
+class EMAOptions(Options):
     """The EMA of every teacher and of the global learner."""
 
-    decay: float = option(0.999, "ema_decay", "decay of every EMA (teachers and global learner), counted in iterations")
-    warmup: bool = option(True, "ema_warmup", "every EMA uses `min(decay, (t+1)/(t+10))`")
+    decay: Union[float, str] = option(
+        0.999, "ema_decay", 'decay of every EMA (teachers and global learner), counted in iterations; `"auto"`: '
+        "budget-relative, the official run's horizon (2.1% of the run) and warm-up end (19%) kept as fractions of "
+        "the N iterations of `fit` (d = 1 − 46.9/N; 0.999 at the official 46,920)")
+    warmup: bool = option(True, "ema_warmup", "every EMA uses `min(decay, (t+1)/(t+k))`, k = 10 (or budget-relative "
+                          'with `"auto"`)')
 
     def __post_init__(self) -> None:
+        if self.decay == "auto":
+            return
         if isinstance(self.decay, bool) or not isinstance(self.decay, numbers.Real) or not 0.0 <= self.decay <= 1.0:
-            raise ValueError(f"`ema_decay` must lie in [0, 1], got {self.decay!r}.")
+            raise ValueError(f"`ema_decay` must lie in [0, 1] or be 'auto', got {self.decay!r}.")
+
+    def resolve(self, nb_iterations: int) -> tuple[float, float]:
+        """``(decay, warm-up k)`` for a run of ``nb_iterations`` optimizer steps."""
+        return budget_relative_ema(nb_iterations) if self.decay == "auto" else (float(self.decay), 10.0)
 
 
 @dataclass(frozen=True)
-class MixingOptions(_Options):
+class MixingOptions(Options):
     """How the teachers are mixed into the global learner."""
 
     beta_schedule: Union[str, Schedule, tuple] = option(
@@ -208,7 +133,7 @@ class MixingOptions(_Options):
 
 
 @dataclass(frozen=True)
-class DistributionOptions(_Options):
+class DistributionOptions(Options):
     """When the global learner is copied back into the base learners."""
 
     start: Union[int, float] = option(0.625, "distribute_start", "t′, the end of the first distribution window; "
@@ -226,7 +151,7 @@ class DistributionOptions(_Options):
 
 
 @dataclass(frozen=True)
-class ScheduleOptions(_Options):
+class ScheduleOptions(Options):
     """Learning rates and when schedules are read."""
 
     lr_schedule: Union[None, str, Schedule, tuple] = option(
@@ -245,7 +170,7 @@ class ScheduleOptions(_Options):
 
 
 @dataclass(frozen=True)
-class GeneralistConfig(_Options):
+class GeneralistConfig(Options):
     """Every Generalist option, grouped; build it with keywords or :meth:`from_options`.
 
     ``GeneralistConfig.from_options(ema_decay=0.9, beta_schedule="official")`` and
@@ -257,10 +182,10 @@ class GeneralistConfig(_Options):
         "lr_schedule, classifier)`; W >= 2 experts, e.g. natural + L∞ + L2 (Generalist++)", "robust PGD + natural")
     sync_init: bool = option(True, "sync_init", "all learners start from the classifier's weights (official: "
                              "identical initialisation)")
-    ema: EMAOptions = _group(EMAOptions)
-    mixing: MixingOptions = _group(MixingOptions)
-    distribution: DistributionOptions = _group(DistributionOptions)
-    schedules: ScheduleOptions = _group(ScheduleOptions)
+    ema: EMAOptions = group(EMAOptions)
+    mixing: MixingOptions = group(MixingOptions)
+    distribution: DistributionOptions = group(DistributionOptions)
+    schedules: ScheduleOptions = group(ScheduleOptions)
 
     def __post_init__(self) -> None:
         if self.learners is None:

@@ -109,5 +109,6 @@ class Generalist:
             stats.end_step(len(y))
         record = stats.record(epoch)
         return {"epoch": epoch, "beta": self.beta(t, nb_epochs) if self.mix_weights is None else None,
-                "mix_weights": weights, "distributions": distributions, "examples": record["examples"],
+                "mix_weights": weights, "ema_decay": self.global_ema.current_decay(), "distributions": distributions,
+                "examples": record["examples"],
                 "steps": record["steps"], "learners": record["learners"]}

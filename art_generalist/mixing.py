@@ -114,12 +114,12 @@ class ModelEMA:
         if copy:
             for p in self.module.parameters():
                 p.requires_grad_(False)
-        self.decay, self.warmup = float(decay), bool(warmup)
+        self.decay, self.warmup, self.warmup_k = float(decay), bool(warmup), 10.0
         self.mixer = mixer if mixer is not None else WeightMixer()
         self.num_updates = 0
 
     def current_decay(self) -> float:
-        return ema_decay(self.num_updates, self.decay, self.warmup)
+        return ema_decay(self.num_updates, self.decay, self.warmup, self.warmup_k)
 
     def update(self, sources: nn.Module | Sequence[nn.Module], weights: Optional[Sequence[float]] = None) -> None:
         if isinstance(sources, nn.Module):

@@ -86,9 +86,32 @@ def resolve_schedule(value: Union[None, str, Schedule, Sequence[float]], name: s
     )
 
 
-def ema_decay(step: int, decay: float = 0.999, warmup: bool = True) -> float:
-    """EMA decay at update ``step`` (0-based): ``min(decay, (t+1)/(t+10))`` with warm-up."""
-    return min(decay, (step + 1.0) / (step + 10.0)) if warmup else decay
+def ema_decay(step: int, decay: float = 0.999, warmup: bool = True, warmup_k: float = 10.0) -> float:
+    """EMA decay at update ``step`` (0-based): ``min(decay, (t+1)/(t+k))`` with warm-up (k = 10
+    officially)."""
+    return min(decay, (step + 1.0) / (step + warmup_k)) if warmup else decay
+
+
+#: Iterations of the official run: 120 epochs of 391 CIFAR-10 batches of 128.
+OFFICIAL_ITERATIONS = 120 * 391
+#: The official EMA horizon (1 - 0.999)^-1 = 1,000 iterations as a fraction of the run (2.13%).
+OFFICIAL_HORIZON = 1000 / OFFICIAL_ITERATIONS
+#: Where the official warm-up reaches 0.999, (10·0.999 - 1) / 0.001 = 8,990 iterations, as a fraction (19.2%).
+OFFICIAL_WARMUP_END = (10 * 0.999 - 1) / 0.001 / OFFICIAL_ITERATIONS
+
+
+def budget_relative_ema(nb_iterations: int) -> tuple[float, float]:
+    """``(decay, warmup_k)`` that keep the official run's EMA time scales as fractions of a budget
+    of ``nb_iterations``: the horizon ``(1-d)^-1`` at 2.13% of the run (``d = 1 - 46.92/N``) and
+    the warm-up ``(t+1)/(t+k)`` reaching ``d`` at 19.2% of it. At the official 46,920 iterations
+    this is exactly (0.999, 10). Below 47 iterations the decay is 0 (no averaging)."""
+    if nb_iterations < 1:
+        raise ValueError(f"The iteration budget must be >= 1, got {nb_iterations}.")
+    decay = max(0.0, 1.0 - 1.0 / (OFFICIAL_HORIZON * nb_iterations))
+    if decay == 0.0:
+        return 0.0, 1.0
+    warmup_k = (OFFICIAL_WARMUP_END * nb_iterations * (1.0 - decay) + 1.0) / decay
+    return decay, warmup_k
 
 
 def resolve_epochs(value: Union[int, float], nb_epochs: int, name: str, positive: bool = True) -> float:

@@ -117,10 +117,13 @@ def test_epoch_ratio_and_table():
     assert bench._epoch_ratios(rows[:1]) == {}
     full = [dict(r, clean=0.9, pgd=0.5, autoattack=0.4, worst_case=0.4, reliable=True, unreliable_reasons=[],
                  train_seconds=None if r["epoch_seconds"] is None else 3 * r["epoch_seconds"],
-                 examples_per_s=None) for r in rows]
+                 examples_per_s=None, n=100, dominated_by=["art_trades@1"] if r["method"] == "art_madry" else [])
+            for r in rows]
     table = format_table(full)
-    assert "| generalist | 90.00 | 50.00 | 40.00 | 40.00 | 18.0 | 6.0 | 0.60 |" in table
-    assert "| generalist:teacher:robust | 90.00 | 50.00 | 40.00 | 40.00 | — | — | — |" in table
+    assert "| generalist | 90.00 [82.6, 94.5] | 50.00 | 40.00 [30.9, 49.8] | 40.00 | — | 18.0 | 6.0 | 0.60 |" in table
+    assert "| art_madry | 90.00 [82.6, 94.5] | 50.00 | 40.00 [30.9, 49.8] | 40.00 | art_trades@1 | 30.0 |" in table
+    assert "| generalist:teacher:robust | 90.00 [82.6, 94.5] | 50.00 | 40.00 [30.9, 49.8] | 40.00 | — | — | — | — |" \
+        in table
 
 
 def test_results_are_written_after_each_method(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def test_generalist_args_are_checked_against_the_config():
 
 
 def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="Unknown `methods`"):
+    with pytest.raises(ValueError, match="Unknown method 'fgsm'"):
         main(["benchmark", "--methods", "generalist,fgsm", "--quiet"])
 
 

@@ -73,3 +73,48 @@ def test_windows_never_missed_by_coarse_iterations():
 def test_invalid_distribution_arguments(start, every, length, match):
     with pytest.raises(ValueError, match=match):
         DistributionSchedule(start, every, length)
+
+
+def test_budget_relative_ema_gives_the_official_values_at_the_official_budget():
+    from art_generalist.schedules import OFFICIAL_ITERATIONS, budget_relative_ema, ema_decay
+
+    assert OFFICIAL_ITERATIONS == 120 * 391
+    decay, k = budget_relative_ema(OFFICIAL_ITERATIONS)
+    assert decay == pytest.approx(0.999, abs=1e-12) and k == pytest.approx(10.0, abs=1e-9)
+    for t in (0, 9, 100, 5000, 8989, 8990, 8991, 40000):
+        assert ema_decay(t, decay, True, k) == pytest.approx(ema_decay(t), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [480, 922, 3780, 46920, 10**6])
+def test_budget_relative_ema_keeps_the_time_scales_as_fractions(n):
+    from art_generalist.schedules import budget_relative_ema, ema_decay
+
+    decay, k = budget_relative_ema(n)
+    assert 1 / (1 - decay) / n == pytest.approx(1000 / 46920)  # horizon: 2.13% of the run
+    reached = next(t for t in range(n) if ema_decay(t, decay, True, k) >= decay - 1e-12)
+    assert reached / n == pytest.approx(8990 / 46920, abs=2 / n)  # warm-up ends at 19.2% of the run
+
+
+def test_budget_relative_ema_without_room_to_average():
+    from art_generalist.schedules import budget_relative_ema
+
+    assert budget_relative_ema(40) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="budget"):
+        budget_relative_ema(0)
+
+
+def test_auto_ema_is_set_from_the_budget_of_each_fit(digits):
+    from art_generalist import GeneralistTrainer
+    from art_generalist.schedules import budget_relative_ema
+    from tests.conftest import make_classifier
+
+    trainer = GeneralistTrainer(make_classifier(), eps=0.1, eps_step=0.025, max_iter=1, verbose=False,
+                                val_max_iter=0, ema_decay="auto")
+    history = trainer.fit(digits.x_train[:320], digits.y_train[:320], nb_epochs=3, batch_size=32)  # 30 iterations
+    decay, k = budget_relative_ema(30)
+    assert decay == 0.0 and history[-1]["ema_decay"] == 0.0
+    trainer.fit(digits.x_train[:640], digits.y_train[:640], nb_epochs=10, batch_size=32)  # 200 iterations
+    decay, k = budget_relative_ema(200)
+    emas = [trainer.global_ema, *(lrn.teacher for lrn in trainer.learners)]
+    assert all(e.decay == decay and e.warmup_k == k for e in emas)
+    assert trainer.settings()["ema_decay"] == "auto"

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from art_generalist.attacks import madry_step
+from art_generalist.benchmark import fronts
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.models import default_model, get_model
+from art_generalist.objectives import TRADES
 from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
@@ -63,9 +65,12 @@ class BenchmarkConfig:
     generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"Unknown `methods` {unknown}: choose from {list(METHODS)}.")
+        for method in self.methods:
+            family, knob = fronts.split_method(method, METHODS)
+            if family == "generalist" and knob is not None and "beta_schedule" in self.generalist:
+                raise ValueError(f"{method!r} sets the final β; drop `beta_schedule` from the Generalist options.")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"`methods` must be distinct, got {list(self.methods)}.")
         if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1 or self.art_lr_chunks < 1:
             raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
 
@@ -79,18 +84,23 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     info: dict[str, Any] = {"workarounds": []}
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
-    if method == "generalist":
-        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **{**per_iteration, **cfg.generalist})
+    family, knob = fronts.split_method(method, METHODS)
+    if family == "generalist":
+        options = {**per_iteration, **cfg.generalist}
+        if knob is not None:
+            options["beta_schedule"] = fronts.generalist_beta(knob)
+        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **options)
         history = trainer.fit(*split["train"], **fit)
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
-    elif method in ("pgd_at", "trades"):
-        trainer = SingleLearnerTrainer(clf, objective="pgd" if method == "pgd_at" else "trades",
-                                           verbose=cfg.verbose, **budget, **per_iteration)
+    elif family in ("pgd_at", "trades"):
+        objective = "pgd" if family == "pgd_at" else TRADES(cfg.trades_beta if knob is None else knob)
+        trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration)
         history = trainer.fit(*split["train"], **fit)
         extra = {}
     else:
-        trainer = ARTTrainerRun(clf, "madry" if method == "art_madry" else "trades", trades_beta=cfg.trades_beta,
+        trainer = ARTTrainerRun(clf, "madry" if family == "art_madry" else "trades",
+                                trades_beta=cfg.trades_beta if knob is None else knob,
                                 verbose=cfg.verbose, seed=cfg.seed,
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
                                 **budget)
@@ -141,6 +151,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))
         reports[method]["training"] = dict(info)
         results["epoch_time_ratio_vs_art_madry"] = _epoch_ratios(rows)
+        fronts.mark_dominated(rows)
+        results["fronts"] = fronts.front_verdict(rows)
         _write(out, results)  # after every method: a long run that is stopped keeps what it finished
     results["complete"] = True
     _write(out, results)
@@ -168,7 +180,9 @@ def _evaluate_space(space, template, x, y, cfg):
 
 def _row(name: str, report: Any, info: Optional[dict]) -> dict:
     attacks = report.attacks
-    return {"method": name, "clean": report.clean_acc, "pgd": attacks.get("pgd", {}).get("acc"),
+    family, knob = (name.split(":")[0], None) if info is None else fronts.split_method(name, METHODS)
+    return {"method": name, "family": family, "knob": knob, "n": report.n, "clean": report.clean_acc,
+            "pgd": attacks.get("pgd", {}).get("acc"),
             "autoattack": attacks.get("autoattack", {}).get("acc"), "worst_case": report.robust_acc,
             "reliable": report.reliable, "unreliable_reasons": report.unreliable_reasons,
             "train_seconds": info["train_seconds"] if info else None,
@@ -191,16 +205,32 @@ def format_table(rows: list[dict]) -> str:
     def num(v, fmt):
         return "—" if v is None else format(v, fmt)
 
+    def ci(v, n):
+        lo, hi = fronts.wilson(v, n)
+        return f"{pct(v)} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
     ratios = _epoch_ratios(rows)
-    lines = ["| method | clean | PGD | AutoAttack | worst case | train s | s/epoch | × ART Madry | examples/s "
-             "| reliable |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | clean [95% CI] | PGD | AutoAttack [95% CI] | worst case | dominated by | train s | s/epoch "
+             "| × ART Madry | examples/s | reliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reliable = "yes" if r["reliable"] else "NO: " + "; ".join(r["unreliable_reasons"])
-        lines.append(f"| {r['method']} | {pct(r['clean'])} | {pct(r['pgd'])} | {pct(r['autoattack'])} | "
-                     f"{pct(r['worst_case'])} | {num(r['train_seconds'], '.1f')} | "
+        dominated = ", ".join(r.get("dominated_by") or []) or "—"
+        aa = ci(r["autoattack"], r["n"]) if r["autoattack"] is not None else "—"
+        lines.append(f"| {r['method']} | {ci(r['clean'], r['n'])} | {pct(r['pgd'])} | {aa} | "
+                     f"{pct(r['worst_case'])} | {dominated} | {num(r['train_seconds'], '.1f')} | "
                      f"{num(r['epoch_seconds'], '.1f')} | {num(ratios.get(r['method']), '.2f')} | "
                      f"{num(r['examples_per_s'], '.0f')} | {reliable} |")
     return "\n".join(lines)
+
+
+def format_fronts(verdict: dict) -> str:
+    """One line per other family: does Generalist's front dominate it?"""
+    lines = []
+    for family, v in verdict.items():
+        lines.append(f"* vs `{family}`: Generalist's points cover {v['covered_by_generalist']} of its "
+                     f"{v['their_points']} points; it dominates {v['generalist_points_dominated_by_them']} of "
+                     f"Generalist's points; **front dominates: {'yes' if v['front_dominates'] else 'no'}**")
+    return "\n".join(lines) or "(no Generalist points, or no other method)"
 
 
 def _write(out: Path, results: dict) -> None:
@@ -216,36 +246,14 @@ def _write(out: Path, results: dict) -> None:
           "The package's trainers run image models in channels_last memory format (their default, "
           "`channels_last=\"auto\"`); ART's trainers get the model as built. Epoch times exclude validation.", "",
           *([] if results.get("complete") else ["**Partial results: the run has not finished.**", ""]),
-          format_table(results["rows"]), "", "## ART workarounds applied", ""]
+          format_table(results["rows"]), "", "Dominated: another method's point is at least as good on clean and "
+          "robust accuracy and better on one (point estimates; the intervals are Wilson 95% on the "
+          f"{results['n_eval']} points).", "", "## Fronts", "", format_fronts(results.get("fronts", {})), "",
+          "## ART workarounds applied", ""]
     seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
     md += ["", f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    _plot(out / "tradeoff.png", results["rows"], cfg, results["n_eval"])
-
-
-def _plot(path: Path, rows: list[dict], cfg: dict, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    for r in rows:
-        robust = r["autoattack"] if r["autoattack"] is not None else r["worst_case"]
-        marker = "x" if r["base_learner"] else "o"
-        label = r["method"] if r["reliable"] else f"{r['method']} (UNRELIABLE)"
-        point = ax.scatter(100 * r["clean"], 100 * robust, marker=marker, s=60)
-        if not r["reliable"] and marker == "o":  # hollow: a failed integrity check
-            point.set_facecolor("none")
-            point.set_edgecolor("red")
-        ax.annotate(label, (100 * r["clean"], 100 * robust), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"AutoAttack accuracy (%), {cfg['aa_version']}")
-    teachers = " (x: Generalist teachers)" if any(r["base_learner"] for r in rows) else ""
-    ax.set_title(f"{cfg['dataset']} ε={cfg['eps']:g}, n={n}: clean vs robust{teachers}", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fronts.plot(out / "tradeoff.png", results["rows"], f"{cfg['dataset']} ε={cfg['eps']:g}, n={results['n_eval']}: "
+                f"clean vs robust, Wilson 95% intervals", f"AutoAttack accuracy (%), {cfg['aa_version']}",
+                results["n_eval"])

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from art_generalist import estimators
 from art_generalist.attacks import InputSpace, ThreatModel, predict_labels
-from art_generalist.config import PGDBudget, RuntimeOptions, check_int, describe
+from art_generalist.config import PGDBudget, RuntimeOptions
 from art_generalist.inputs import check_x, check_y
+from art_generalist.options import check_int, describe
 from art_generalist.plugins import Plugin, PluginList
 from art_generalist.state.trainer_state import Progress, TrainerState
 from art_generalist.trainers.feed import (
@@ -53,10 +54,11 @@ class TensorTrainer(TrainerState, Trainer):
     * :meth:`_model_state` when a checkpoint is written, :meth:`_load_model_state` when one is
       read: every tensor that must survive a restart (models, optimizers, EMA counters).
 
-    Optional: :meth:`_begin_fit` runs once per ``fit`` call, after a resume and before the first
-    epoch; :meth:`_models` names the models :meth:`accuracy` can evaluate; :meth:`settings`
-    extends the dict that checkpoints compare. Plug-ins (:mod:`art_generalist.plugins`) attach at
-    the documented points without a subclass knowing.
+    Optional: :meth:`_begin_fit` runs once per ``fit`` call with the budget (epochs, batches per
+    epoch), after a resume and before the first epoch; :meth:`_models` names the models
+    :meth:`accuracy` can evaluate; :meth:`settings` extends the dict that checkpoints compare.
+    Plug-ins (:mod:`art_generalist.plugins`) attach at the documented points without a subclass
+    knowing.
 
     :param classifier: an ART ``PyTorchClassifier`` with ``clip_values`` and mean/std
         ``preprocessing`` (or none).
@@ -135,8 +137,8 @@ class TensorTrainer(TrainerState, Trainer):
     def _load_model_state(self, state: dict) -> None:
         """Restore what :meth:`_model_state` returned."""
 
-    def _begin_fit(self, nb_epochs: int) -> None:
-        """Prepare a run of ``nb_epochs`` (schedules that depend on the budget)."""
+    def _begin_fit(self, nb_epochs: int, nb_batches: int) -> None:
+        """Prepare a run of ``nb_epochs`` of ``nb_batches`` (schedules that depend on the budget)."""
 
     def _models(self) -> dict[str, InputSpace]:
         """Models that :meth:`accuracy` can evaluate, by name."""
@@ -208,7 +210,7 @@ class TensorTrainer(TrainerState, Trainer):
             check_int(stop_after, "stop_after", 1)
         val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
         first = self._start_run(nb_epochs, checkpoint_dir, resume)
-        self._begin_fit(nb_epochs)
+        self._begin_fit(nb_epochs, nb_batches)
         bar = tqdm(range(first, nb_epochs + 1), desc=self.name, disable=not self.verbose, unit="epoch",
                    initial=first - 1, total=nb_epochs)
         for epoch in bar:

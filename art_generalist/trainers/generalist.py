@@ -15,13 +15,14 @@ import torch
 
 from art_generalist import estimators
 from art_generalist.attacks import InputSpace, TrainingAttack
-from art_generalist.config import GeneralistConfig, RuntimeOptions, describe
+from art_generalist.config import GeneralistConfig, RuntimeOptions
 from art_generalist.generalist import Generalist
 from art_generalist.learners import Learner, LearnerSpec, sgd
 from art_generalist.mixing import ModelEMA, WeightMixer
 from art_generalist.objectives import resolve_objective
+from art_generalist.options import describe
 from art_generalist.plugins import Plugin
-from art_generalist.schedules import OFFICIAL_LR, resolve_schedule
+from art_generalist.schedules import OFFICIAL_ITERATIONS, OFFICIAL_LR, resolve_schedule
 from art_generalist.trainers.base import TensorTrainer
 from art_generalist.trainers.feed import Batch
 
@@ -67,8 +68,8 @@ class GeneralistTrainer(TensorTrainer):
                          **runtime)
         self.lr_schedule = self.config.schedules.lr()
         self.mixer = WeightMixer(mix_buffers=self.config.mixing.mix_buffers)
-        self.global_ema = ModelEMA(self.global_space.model, self.config.ema.decay, self.config.ema.warmup, self.mixer,
-                                   copy=False)
+        decay, _ = self.config.ema.resolve(OFFICIAL_ITERATIONS)  # "auto" is set per run in _begin_fit
+        self.global_ema = ModelEMA(self.global_space.model, decay, self.config.ema.warmup, self.mixer, copy=False)
         self.learners = [self._build_learner(spec, classifier) for spec in self.specs]
         self._engine: Optional[Generalist] = None
         self._finish_init()
@@ -100,7 +101,7 @@ class GeneralistTrainer(TensorTrainer):
                                     loss=objective.attack_loss)
         schedule = (resolve_schedule(spec.lr_schedule, "lr_schedule", OFFICIAL_LR)
                     if spec.lr_schedule is not None else self.lr_schedule)
-        teacher = ModelEMA(clf.model, self.config.ema.decay, self.config.ema.warmup, self.mixer)
+        teacher = ModelEMA(clf.model, self.global_ema.decay, self.config.ema.warmup, self.mixer)
         return Learner(spec, clf, space, objective, attack, teacher, schedule, self.plugins)
 
     # -- access ---------------------------------------------------------------------------------
@@ -159,7 +160,10 @@ class GeneralistTrainer(TensorTrainer):
         self.distribution.windows(nb_epochs)  # validates t', c and the length for this budget
         return Generalist(self.learners, self.global_ema, self.config)
 
-    def _begin_fit(self, nb_epochs: int) -> None:
+    def _begin_fit(self, nb_epochs: int, nb_batches: int) -> None:
+        decay, warmup_k = self.config.ema.resolve(nb_epochs * nb_batches)
+        for ema in [self.global_ema, *(lrn.teacher for lrn in self.learners)]:
+            ema.decay, ema.warmup_k = decay, warmup_k
         self._engine = self.engine(nb_epochs)
 
     def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:

@@ -9,9 +9,9 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
 from art_generalist.attacks import TrainingAttack
-from art_generalist.config import describe
 from art_generalist.learners import EpochStats, Learner, LearnerSpec
 from art_generalist.objectives import Objective, resolve_objective
+from art_generalist.options import describe
 from art_generalist.schedules import OFFICIAL_LR, Schedule, fractional_epoch, resolve_schedule
 from art_generalist.trainers.base import TensorTrainer
 from art_generalist.trainers.feed import Batch
