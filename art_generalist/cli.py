@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
                         "'{\"distribute_every\": 0.125, \"beta_schedule\": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}'; "
                         f"options: {', '.join(n for n in GeneralistConfig.flat_names() if n != 'learners')}")
     b.add_argument("--no-base-learners", action="store_true", help="skip evaluating Generalist's base learners")
+    b.add_argument("--resume", action="store_true",
+                   help="keep the methods already finished in --out and resume the others from their checkpoints")
     b.add_argument("--out", default="results")
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
     _common(t)
@@ -120,7 +122,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                           pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
                           device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
-                          base_learners=not args.no_base_learners, generalist=args.generalist_args or {})
+                          base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
+                          resume=args.resume)
     results = run_benchmark(cfg)
     print(format_table(results["rows"]))
     print(format_fronts(results["fronts"]))

@@ -146,6 +146,48 @@ def test_results_are_written_after_each_method(tmp_path, monkeypatch):
     assert (tmp_path / "tradeoff.png").exists()
 
 
+def test_resume_keeps_finished_methods_and_continues_the_rest(tmp_path, monkeypatch):
+    """A stopped run rerun with resume=True keeps what it finished and trains only the rest."""
+    real = bench._train
+    trained = []
+
+    def train(method, *args):
+        trained.append(method)
+        if method == "art_madry" and len(trained) == 2:
+            raise RuntimeError("stopped")
+        return real(method, *args)
+    monkeypatch.setattr(bench, "_train", train)
+    cfg = dict(epochs=1, n_train=128, n_val=32, n_eval=16, max_iter=2, aa_version="apgd-ce", pgd_steps=2,
+               methods=("generalist@0.4", "art_madry"), out=str(tmp_path), verbose=False, base_learners=False)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_benchmark(BenchmarkConfig(**cfg))
+    first = json.loads((tmp_path / "results.json").read_text())["reports"]["generalist@0.4"]
+    results = run_benchmark(BenchmarkConfig(**cfg, resume=True))
+    assert trained == ["generalist@0.4", "art_madry", "art_madry"] and results["complete"] is True
+    assert json.loads(json.dumps(results["reports"]["generalist@0.4"], default=str)) == first
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(BenchmarkConfig(**{**cfg, "epochs": 2}, resume=True))
+
+
+def test_art_runner_resume_matches_an_uninterrupted_run(digits, tmp_path):
+    x, y = digits.x_train[:192], digits.y_train[:192]
+    runs = {}
+    for name, stops in (("straight", [None]), ("resumed", [1, None])):
+        for i, stop in enumerate(stops):
+            torch.manual_seed(0)
+            np.random.seed(0)
+            run = ARTTrainerRun(make_classifier(), "madry", eps=0.1, eps_step=0.05, max_iter=2, val_max_iter=0,
+                                lr_updates_per_epoch=2, seed=0)
+            if i and name == "resumed":  # a new process would start from fresh RNG states
+                torch.manual_seed(123)
+                np.random.seed(123)
+            run.fit(x, y, nb_epochs=3, batch_size=64, checkpoint_dir=tmp_path / name, resume=i > 0, stop_after=stop)
+        runs[name] = run
+    a, b = (runs[k].classifier.model.state_dict() for k in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in runs["resumed"].history] == [1, 2, 3]
+
+
 def test_benchmark_shares_the_per_iteration_schedule(tmp_path):
     cfg = BenchmarkConfig(epochs=1, n_train=128, n_val=32, n_eval=16, max_iter=2, aa_version="apgd-ce",
                           pgd_steps=2, methods=("generalist", "pgd_at", "art_madry"), out=str(tmp_path),

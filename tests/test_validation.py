@@ -65,7 +65,7 @@ def test_bad_labels(trainer, xy, make_y, match):
     (dict(distribute_start=0), "`distribute_start` in epochs must be >= 1, got 0"),
     (dict(distribute_every=-1), "`distribute_every` in epochs must be >= 1, got -1"),
     (dict(norm=1), "Unsupported `norm` 1"),
-    (dict(ema_decay=1.5), r"`ema_decay` must lie in \[0, 1\], got 1.5"),
+    (dict(ema_decay=1.5), r"`ema_decay` must lie in \[0, 1\] or be .auto., got 1.5"),
     (dict(learners=[LearnerSpec("robust")]), "at least 2 LearnerSpec, got 1"),
     (dict(learners=[LearnerSpec("a"), LearnerSpec("a", "natural")]), "names must be unique"),
     (dict(learners=[LearnerSpec("a", "fgsm"), LearnerSpec("b", "natural")]), "Unknown objective 'fgsm'"),

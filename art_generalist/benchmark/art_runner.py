@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
@@ -18,6 +19,7 @@ from art_generalist import estimators
 from art_generalist.attacks import InputSpace, ThreatModel
 from art_generalist.inputs import check_x, check_y
 from art_generalist.schedules import OFFICIAL_LR, Schedule
+from art_generalist.state.files import PathLike, atomic_save, collect_rng_states, safe_load, set_rng_states
 from art_generalist.validation import validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,15 +101,24 @@ class ARTTrainerRun:
         self.history: list[dict] = []
 
     def fit(self, x: np.ndarray, y: np.ndarray, nb_epochs: int, batch_size: int = 128,
-            validation_data: Optional[tuple[Any, Any]] = None) -> list[dict]:
-        """Train for ``nb_epochs`` epochs; returns a history like the package's trainers."""
+            validation_data: Optional[tuple[Any, Any]] = None, checkpoint_dir: Optional[PathLike] = None,
+            resume: bool = False, stop_after: Optional[int] = None) -> list[dict]:
+        """Train for ``nb_epochs`` epochs; returns a history like the package's trainers.
+
+        With ``checkpoint_dir`` the model, optimizer, history and every RNG state (numpy's global
+        generator included: ART shuffles with it) are saved after each epoch; ``resume`` continues
+        from that file, so an interrupted run ends with the weights of an uninterrupted one.
+        ``stop_after`` returns after that epoch of the budget (to be resumed later).
+        """
+        path = Path(checkpoint_dir) / "art-checkpoint.pt" if checkpoint_dir is not None else None
+        first = self._resume(path, nb_epochs) if resume and path is not None and path.is_file() else 1
         val = None
         if validation_data is not None:
             clf = self.classifier
             xv = check_x(validation_data[0], clf.input_shape, estimators.clip_range(clf), "validation_data")
             yv = check_y(validation_data[1], len(xv), clf.nb_classes, "validation_data's labels")
             val = (self.space.to_unit(xv.to(clf.device)), yv.to(clf.device))
-        for epoch in range(1, nb_epochs + 1):
+        for epoch in range(first, nb_epochs + 1):
             start = time.perf_counter()
             for idx, t in self._chunks(len(x), batch_size, epoch):
                 factor = self.lr_schedule(t, nb_epochs)
@@ -121,7 +132,27 @@ class ARTTrainerRun:
                 record.update(validate(self.space, *val, self.norm, self.eps, self.val_max_iter))
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
+            if path is not None:
+                atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method,
+                             "model": self.classifier.model.state_dict(),
+                             "optimizer": self.classifier.optimizer.state_dict(), "history": self.history,
+                             "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states()}, path)
+            if stop_after is not None and stop_after <= epoch < nb_epochs:
+                break
         return self.history
+
+    def _resume(self, path: Path, nb_epochs: int) -> int:
+        state = safe_load(path)
+        if state["nb_epochs"] != nb_epochs or state["method"] != self.method:
+            raise ValueError(f"{path} belongs to ART {state['method']} for {state['nb_epochs']} epochs, not "
+                             f"{self.method} for {nb_epochs}.")
+        self.classifier.model.load_state_dict(state["model"])
+        self.classifier.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self._rng.bit_generator.state = state["chunk_rng"]
+        set_rng_states(state["rng"])
+        logger.info("resumed ART %s after epoch %d from %s", self.method, state["epoch"], path)
+        return state["epoch"] + 1
 
     def _chunks(self, n: int, batch_size: int, epoch: int) -> list[tuple[Optional[np.ndarray], float]]:
         """(indices or None for all, schedule time) of each ``fit`` call of one epoch."""

@@ -63,6 +63,7 @@ class BenchmarkConfig:
     out: str = "results"
     verbose: bool = True
     generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
+    resume: bool = False  # keep the finished methods of `out`, resume the others from their checkpoints
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -77,10 +78,12 @@ class BenchmarkConfig:
 
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
     torch.manual_seed(cfg.seed)
+    checkpoints = Path(cfg.out) / "checkpoints" / method.replace("@", "_")
     model = get_model(cfg.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
     clf = build_classifier(model, data, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.device)
     budget = dict(eps=cfg.eps, eps_step=cfg.eps_step, max_iter=cfg.max_iter)
-    fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size)
+    fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
+               checkpoint_dir=checkpoints, keep_last=1, resume=cfg.resume)
     info: dict[str, Any] = {"workarounds": []}
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
@@ -105,7 +108,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
                                 **budget)
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
-                              validation_data=split["val"])
+                              validation_data=split["val"], checkpoint_dir=checkpoints, resume=cfg.resume)
         info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
         extra = {}
     seconds = time.perf_counter() - start
@@ -135,11 +138,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     x_test, y_test = data.x_test[test_idx], data.y_test[test_idx]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    reports: dict[str, dict] = {}
+    rows, reports = _finished(out, cfg) if cfg.resume else ([], {})
     results = {"config": dict(vars(cfg)), "rows": rows, "reports": reports, "machine": _machine(),
                "n_train": len(split["train"][0]), "n_eval": len(x_test), "complete": False}
     for method in cfg.methods:
+        if method in reports:
+            logger.info("%s: finished in an earlier run, kept", method)
+            continue
         logger.info("training %s", method)
         classifier, info = _train(method, cfg, data, split)
         report = evaluate(classifier, x_test, y_test, eps=cfg.eps, attacks=("pgd", "autoattack"),
@@ -157,6 +162,24 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     results["complete"] = True
     _write(out, results)
     return results
+
+
+def _finished(out: Path, cfg: BenchmarkConfig) -> tuple[list[dict], dict]:
+    """Rows and reports of the methods an earlier run of the same configuration finished."""
+    path = out / "results.json"
+    if not path.is_file():
+        return [], {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    ignore = {"methods", "resume", "verbose", "out"}
+    mine = json.loads(json.dumps(dict(vars(cfg)), default=str))
+    differ = sorted(k for k in set(mine) | set(earlier["config"])
+                    if k not in ignore and mine.get(k) != earlier["config"].get(k))
+    if differ:
+        raise ValueError(f"{path} was written with other settings ({', '.join(differ)}); resume with the same "
+                         f"settings or another --out.")
+    keep = [m for m in earlier["reports"] if m in cfg.methods]
+    rows = [r for r in earlier["rows"] if r["method"].split(":")[0] in keep]
+    return rows, {m: earlier["reports"][m] for m in keep}
 
 
 def _epoch_ratios(rows: list[dict]) -> dict[str, float]:
