@@ -76,3 +76,39 @@ def test_fronts_flag_of_the_cli():
     args = parser().parse_args(["benchmark", "--fronts"])
     assert args.fronts and len(fronts.FRONT_METHODS) == 8
     assert all(fronts.split_method(m, METHODS) for m in fronts.FRONT_METHODS)
+
+
+def test_merge_runs_of_one_configuration(tmp_path):
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("merge_runs", REPO_ROOT / "benchmarks" / "merge_runs.py")
+    merge_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_runs)
+
+    def run(out, rows):
+        config = {"dataset": "digits", "model": "digits_net", "eps": 0.3, "epochs": 2, "eps_step": 0.075,
+                  "max_iter": 2, "aa_version": "fast", "pgd_steps": 20, "seed": 0, "lr": 0.05,
+                  "per_iteration_schedules": True, "methods": [r["method"] for r in rows], "out": out}
+        for r in rows:
+            r.update(n=100, pgd=r["autoattack"], reliable=True, unreliable_reasons=[], train_seconds=1.0,
+                     epoch_seconds=0.5, examples_per_s=10.0, workarounds=[])
+        return {"config": config, "rows": rows, "reports": {r["method"]: {"training": {"workarounds": []}}
+                                                             for r in rows},
+                "machine": {}, "n_train": 100, "n_eval": 100, "complete": True}
+
+    a = run("a", [_row("generalist@0.4", 0.90, 0.60)])
+    b = run("b", [_row("art_madry", 0.88, 0.58), _row("art_trades@1", 0.92, 0.50)])
+    merged = merge_runs.merge([a, b])
+    assert [r["method"] for r in merged["rows"]] == ["generalist@0.4", "art_madry", "art_trades@1"]
+    assert merged["rows"][1]["dominated_by"] == ["generalist@0.4"]
+    assert merged["fronts"]["art_madry"]["front_dominates"] and not merged["fronts"]["art_trades"]["front_dominates"]
+    merge_runs.write_results(tmp_path, merged)
+    assert "generalist@0.4" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match="more than one run"):
+        merge_runs.merge([a, a])
+    c = run("c", [_row("art_madry", 0.88, 0.58)])
+    c["config"]["epochs"] = 3
+    with pytest.raises(SystemExit, match="epochs"):
+        merge_runs.merge([a, c])

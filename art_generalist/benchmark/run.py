@@ -158,9 +158,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         results["epoch_time_ratio_vs_art_madry"] = _epoch_ratios(rows)
         fronts.mark_dominated(rows)
         results["fronts"] = fronts.front_verdict(rows)
-        _write(out, results)  # after every method: a long run that is stopped keeps what it finished
+        write_results(out, results)  # after every method: a long run that is stopped keeps what it finished
     results["complete"] = True
-    _write(out, results)
+    write_results(out, results)
     return results
 
 
@@ -256,7 +256,8 @@ def format_fronts(verdict: dict) -> str:
     return "\n".join(lines) or "(no Generalist points, or no other method)"
 
 
-def _write(out: Path, results: dict) -> None:
+def write_results(out: Path, results: dict) -> None:
+    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out``."""
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     cfg = results["config"]
     md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",
