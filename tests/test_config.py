@@ -48,7 +48,7 @@ def test_settings_come_from_the_config():
     settings = trainer.settings()
     for name in GeneralistConfig.flat_names():
         assert name in settings
-    assert settings["beta_schedule"] == [[0, 1], [1, 0.2]] and settings["ema_decay"] == 0.999
+    assert settings["beta_schedule"] == [[0, 1], [1, 0.2]] and settings["ema_decay"] == "auto"
     assert [lrn["name"] for lrn in settings["learners"]] == ["robust", "natural"]
 
 
