@@ -5,6 +5,8 @@ device) -> engine (:mod:`art_generalist.generalist`) -> learners (:mod:`art_gene
 -> EMA/mixer (:mod:`art_generalist.mixing`) -> ART classifier + evaluation report
 (:mod:`art_generalist.evaluation`). Options live in :mod:`art_generalist.config`, plug-ins attach
 at the hooks of :mod:`art_generalist.plugins`, and state on disk is :mod:`art_generalist.state`.
+Sparse adversarial training (Flying Bird, Flying Bird+, Robust Bird) plugs into every trainer
+through ``sparsity=`` with the classes of :mod:`art_generalist.sparse`.
 """
 from art_generalist import _legacy
 from art_generalist.attacks import ThreatModel, TrainingAttack

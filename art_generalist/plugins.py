@@ -11,11 +11,24 @@ Calling contract (every trainer of the package honours it):
   Returns the parameters to train, or ``None`` for all of them. Parameters left out are frozen
   (``requires_grad=False``) and get no optimizer state.
 * ``setup(trainer)``: once, at the end of the trainer's construction, when every model exists.
+* ``begin_fit(trainer, nb_epochs, nb_batches, batches, validation)``: once per ``fit`` call
+  (``fit``, ``fit_generator``, ``fit_loader``), after a resume from a checkpoint and after the
+  trainer's own ``_begin_fit``, before the first epoch: the budget is ``nb_epochs`` epochs of
+  ``nb_batches`` iterations. ``batches()`` yields one epoch of the training batches ``(u, y)``
+  exactly as the trainer trains on them (unit-range inputs, augmented, index labels, on the
+  device; each call draws a new epoch, shuffling with the global RNG). ``validation`` is the
+  ``(u, y)`` validation tensors, or ``None`` when ``fit`` runs without ``validation_data``.
+  ``trainer.progress.epoch`` is 0 for a fresh run and the last finished epoch after a resume.
 * ``reduce_gradients(learner)``: after each backward pass, before the optimizer step (e.g. an
   all-reduce of the gradients across processes).
-* ``after_step(learner)``: after each optimizer step (e.g. re-applying sparsity masks).
-* ``after_epoch(trainer, record)``: after each epoch's training, before validation; entries
-  added to ``record`` go into the history.
+* ``after_step(learner)``: after each optimizer step (e.g. re-applying sparsity masks), once per
+  learner per iteration in the order the learners step (Generalist: robust, then natural), before
+  the learner's EMA teacher follows it.
+* ``after_epoch(trainer, record)``: after each epoch's training and validation (with
+  ``validation_data`` the record holds ``val_clean_acc``, ``val_pgd_acc``, ``val_pgd_loss`` and,
+  under ``restore_best``, ``best``), before the record joins the history and the epoch's
+  checkpoint is written; entries added to ``record`` go into the history. Validation changes no
+  weight, so the weights seen here are the ones validated.
 * ``state_dict()`` / ``load_state_dict(state)``: tensors and plain values that join every
   checkpoint, for exact resume.
 * ``export_metadata()``: a plain dict that joins the metadata of ``trainer.export``.
@@ -24,12 +37,15 @@ Subclasses override what they need; every default does nothing.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from art_generalist.learners import Learner
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Plugin:
@@ -41,6 +57,10 @@ class Plugin:
         return None
 
     def setup(self, trainer: Any) -> None:
+        pass
+
+    def begin_fit(self, trainer: Any, nb_epochs: int, nb_batches: int, batches: Callable[[], Iterator[Batch]],
+                  validation: Optional[Batch]) -> None:
         pass
 
     def reduce_gradients(self, learner: "Learner") -> None:
@@ -114,6 +134,11 @@ class PluginList:
     def setup(self, trainer: Any) -> None:
         for p in self.plugins:
             p.setup(trainer)
+
+    def begin_fit(self, trainer: Any, nb_epochs: int, nb_batches: int, batches: Callable[[], Iterator[Batch]],
+                  validation: Optional[Batch]) -> None:
+        for p in self.plugins:
+            p.begin_fit(trainer, nb_epochs, nb_batches, batches, validation)
 
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.plugins}

@@ -2,16 +2,20 @@
 
 Clean accuracy and the accuracy under PGD-k with Madry's step rule, the PGD run only on points
 classified correctly (so it never exceeds clean accuracy), with the training RNG stream isolated:
-validating every epoch or never gives identical weights. :class:`BestModel` keeps the weights of
-the best validation score (model selection never sees test data).
+validating every epoch or never gives identical weights. The validation PGD loss is the mean
+cross-entropy of the model on those PGD examples (Flying Bird+ watches its trend).
+:class:`BestModel` keeps the weights of the best validation score (model selection never sees
+test data).
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack, madry_step, predict_labels
@@ -23,34 +27,64 @@ def madry_attack(space: InputSpace, norm: Union[str, float, ThreatModel], eps: f
     return TrainingAttack(space, norm, eps, madry_step(eps, steps), steps) if steps else None
 
 
-def robust_accuracy(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
-                    batch_size: int = 512) -> tuple[float, float]:
-    """(clean, adversarial) accuracy of ``space`` on unit-range data; adversarial only on the
-    points classified correctly, so adversarial accuracy never exceeds clean accuracy
-    (NaN without an attack)."""
+@torch.no_grad()
+def _eval_logits(space: nn.Module, u: torch.Tensor) -> torch.Tensor:
+    """Logits of ``space`` in eval mode (its mode restored), the pass :func:`predict_labels` makes."""
+    was_training = getattr(space, "model", space).training
+    space.eval()
+    try:
+        return space(u)
+    finally:
+        space.train(was_training)
+
+
+def robust_scores(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
+                  batch_size: int = 512) -> tuple[float, float, float]:
+    """(clean accuracy, adversarial accuracy, adversarial loss) of ``space`` on unit-range data.
+
+    The attack runs only on the points classified correctly, so adversarial accuracy never
+    exceeds clean accuracy; the adversarial loss is the mean cross-entropy on those points' PGD
+    examples (NaN when no point is classified correctly). Without an attack both are NaN.
+    """
     clean_ok = predict_labels(space, u, batch_size) == y
     if attack is None:
-        return clean_ok.float().mean().item(), float("nan")
+        return clean_ok.float().mean().item(), float("nan"), float("nan")
     adv_ok = clean_ok.clone()
     idx = clean_ok.nonzero().flatten()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=u.device)
     for i in range(0, len(idx), batch_size):
         b = idx[i:i + batch_size]
-        adv_ok[b] = predict_labels(space, attack(u[b], y[b]), batch_size) == y[b]
-    return clean_ok.float().mean().item(), adv_ok.float().mean().item()
+        logits = _eval_logits(space, attack(u[b], y[b]))
+        adv_ok[b] = logits.argmax(1) == y[b]
+        loss_sum += F.cross_entropy(logits.float(), y[b], reduction="sum").double()
+    loss = loss_sum.item() / len(idx) if len(idx) else math.nan
+    return clean_ok.float().mean().item(), adv_ok.float().mean().item(), loss
+
+
+def robust_accuracy(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
+                    batch_size: int = 512) -> tuple[float, float]:
+    """(clean, adversarial) accuracy of ``space`` on unit-range data (see :func:`robust_scores`;
+    adversarial accuracy is NaN without an attack)."""
+    clean, adv, _ = robust_scores(space, u, y, attack, batch_size)
+    return clean, adv
 
 
 def validate(space: InputSpace, u: torch.Tensor, y: torch.Tensor, norm: Union[str, float, ThreatModel],
              eps: float, steps: int) -> dict:
-    """``val_clean_acc``, ``val_pgd_acc`` (``None`` when ``steps`` is 0) and ``val_seconds``;
-    the global CPU and CUDA RNG states are restored afterwards."""
+    """``val_clean_acc``, ``val_pgd_acc``, ``val_pgd_loss`` (both ``None`` when ``steps`` is 0) and
+    ``val_seconds``; the global CPU and CUDA RNG states are restored afterwards.
+
+    ``val_pgd_loss`` is the mean cross-entropy of the model on the PGD examples of the validation
+    points it classifies correctly (the points ``val_pgd_acc`` attacks; NaN if there are none).
+    """
     device = u.device
     devices = ([device.index if device.index is not None else torch.cuda.current_device()]
                if device.type == "cuda" else [])
     with torch.random.fork_rng(devices=devices):
         start = time.perf_counter()
-        clean, adv = robust_accuracy(space, u, y, madry_attack(space, norm, eps, steps))
+        clean, adv, loss = robust_scores(space, u, y, madry_attack(space, norm, eps, steps))
         return {"val_clean_acc": clean, "val_pgd_acc": adv if steps else None,
-                "val_seconds": time.perf_counter() - start}
+                "val_pgd_loss": loss if steps else None, "val_seconds": time.perf_counter() - start}
 
 
 def score(record: dict) -> float:

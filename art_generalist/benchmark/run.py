@@ -78,6 +78,7 @@ class BenchmarkConfig:
 
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # ART shuffles with numpy's global generator: same start for every method
     checkpoints = Path(cfg.out) / "checkpoints" / method.replace("@", "_")
     model = get_model(cfg.model, data.input_shape[0], data.nb_classes, data.input_shape[-1])
     clf = build_classifier(model, data, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.device)

@@ -22,6 +22,7 @@ from art_generalist.config import PGDBudget, RuntimeOptions
 from art_generalist.inputs import check_x, check_y
 from art_generalist.options import check_int, describe
 from art_generalist.plugins import Plugin, PluginList
+from art_generalist.sparse.plugin import SparsityPlugin, with_sparsity
 from art_generalist.state.trainer_state import Progress, TrainerState
 from art_generalist.trainers.feed import (
     Batch,
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from art.data_generators import DataGenerator
     from art.estimators.classification import PyTorchClassifier
+
+    from art_generalist.learners import Learner
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +58,9 @@ class TensorTrainer(TrainerState, Trainer):
       read: every tensor that must survive a restart (models, optimizers, EMA counters).
 
     Optional: :meth:`_begin_fit` runs once per ``fit`` call with the budget (epochs, batches per
-    epoch), after a resume and before the first epoch; :meth:`_models` names the models
-    :meth:`accuracy` can evaluate; :meth:`settings` extends the dict that checkpoints compare.
+    epoch), after a resume and before the first epoch (and before the plug-ins' ``begin_fit``);
+    :meth:`_models` names the models :meth:`accuracy` can evaluate; :meth:`_learners` lists the
+    learners that take optimizer steps; :meth:`settings` extends the dict that checkpoints compare.
     Plug-ins (:mod:`art_generalist.plugins`) attach at the documented points without a subclass
     knowing.
 
@@ -65,6 +69,8 @@ class TensorTrainer(TrainerState, Trainer):
     :param eps, eps_step, max_iter, norm: the PGD budget in the classifier's input units
         (:class:`~art_generalist.config.PGDBudget`).
     :param plugins: :class:`~art_generalist.plugins.Plugin` instances.
+    :param sparsity: a sparse-training plug-in (``FlyingBird``, ``FlyingBirdPlus`` or ``RobustBird``
+        from :mod:`art_generalist.sparse`), appended to ``plugins``; see :meth:`sparsity_report`.
     :param runtime: ``val_max_iter``, ``augment``, ``amp``, ``channels_last``, ``verbose``
         (:class:`~art_generalist.config.RuntimeOptions`).
     """
@@ -73,7 +79,8 @@ class TensorTrainer(TrainerState, Trainer):
 
     def __init__(self, classifier: "PyTorchClassifier", eps: float = 8 / 255, eps_step: float = 2 / 255,
                  max_iter: int = 10, norm: Union[str, float] = "inf", plugins: Optional[Sequence[Plugin]] = None,
-                 **runtime: Any) -> None:
+                 sparsity: Optional[SparsityPlugin] = None, **runtime: Any) -> None:
+        plugins = with_sparsity(plugins, sparsity, classifier.model)  # before any copy of a model it refuses
         self.budget = PGDBudget(eps=eps, eps_step=eps_step, max_iter=max_iter, norm=norm)
         self.runtime = RuntimeOptions.from_options(**runtime)
         self.norm = ThreatModel.parse(norm)
@@ -144,6 +151,10 @@ class TensorTrainer(TrainerState, Trainer):
         """Models that :meth:`accuracy` can evaluate, by name."""
         return {"global": self.global_space}
 
+    def _learners(self) -> list["Learner"]:
+        """The learners that take optimizer steps, in the order they step."""
+        return []
+
     # -- ART API -----------------------------------------------------------------------------------
     def predict(self, x: "np.ndarray", batch_size: int = 128, **kwargs: Any) -> "np.ndarray":
         """Predictions of the trained (global) model, through ART's ``predict``."""
@@ -211,6 +222,7 @@ class TensorTrainer(TrainerState, Trainer):
         val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
         first = self._start_run(nb_epochs, checkpoint_dir, resume)
         self._begin_fit(nb_epochs, nb_batches)
+        self.plugins.begin_fit(self, nb_epochs, nb_batches, lambda: self._augmented(batches()), val)
         bar = tqdm(range(first, nb_epochs + 1), desc=self.name, disable=not self.verbose, unit="epoch",
                    initial=first - 1, total=nb_epochs)
         for epoch in bar:
@@ -219,11 +231,11 @@ class TensorTrainer(TrainerState, Trainer):
                                  desc=f"epoch {epoch}", disable=not self.verbose, unit="batch")
             record = self._train_epoch(epoch, nb_epochs, epoch_batches, nb_batches)
             record["seconds"] = time.perf_counter() - start
-            self.plugins.after_epoch(self, record)
             if val is not None:
                 record.update(self._validate(*val))
                 if restore_best and self.best.offer(score(record), self.global_space.model):
                     record["best"] = True
+            self.plugins.after_epoch(self, record)
             self.history.append(record)
             self.progress.epoch, self.progress.global_step = epoch, self.progress.global_step + record["steps"]
             bar.set_postfix(self._postfix(record))
@@ -269,6 +281,16 @@ class TensorTrainer(TrainerState, Trainer):
         u, y_t = self._to_device(x, y)
         return robust_accuracy(models[model], u, y_t, madry_attack(models[model], self.norm, self.eps, pgd_steps),
                                batch_size)
+
+    def sparsity_report(self) -> dict:
+        """Density and FLOPs of sparse training (per layer and global; inference and training FLOPs,
+        dense-equivalent and sparse, per epoch and in total; wall-clock seconds). Needs a sparsity
+        plug-in (``sparsity=``); see :func:`art_generalist.sparse.report.sparsity_report`."""
+        found = [p for p in self.plugins if isinstance(p, SparsityPlugin)]
+        if not found:
+            raise ValueError("This trainer has no sparsity plug-in: build it with `sparsity=FlyingBird(...)` "
+                             "(or FlyingBirdPlus, RobustBird from art_generalist.sparse).")
+        return found[0].report(self)
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor-native predicted labels of the trained model for inputs in input units."""

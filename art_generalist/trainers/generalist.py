@@ -23,6 +23,7 @@ from art_generalist.objectives import resolve_objective
 from art_generalist.options import describe
 from art_generalist.plugins import Plugin
 from art_generalist.schedules import OFFICIAL_ITERATIONS, OFFICIAL_LR, resolve_schedule
+from art_generalist.sparse.plugin import SparsityPlugin
 from art_generalist.trainers.base import TensorTrainer
 from art_generalist.trainers.feed import Batch
 
@@ -49,6 +50,9 @@ class GeneralistTrainer(TensorTrainer):
         settings.
     :param plugins: :class:`~art_generalist.plugins.Plugin` instances (masks, frozen parameters,
         gradient reduction).
+    :param sparsity: a sparse-training plug-in from :mod:`art_generalist.sparse` (``FlyingBird``,
+        ``FlyingBirdPlus``, ``RobustBird``): one mask shared by the base learners, their teachers
+        and the global learner, decided on the robust learner.
     :param options: Generalist options by their flat names (``ema_decay=0.9``,
         ``beta_schedule=...``; they override ``config``) and the runtime options
         (``val_max_iter``, ``augment``, ``amp``, ``channels_last``, ``verbose``). The README's
@@ -59,13 +63,14 @@ class GeneralistTrainer(TensorTrainer):
 
     def __init__(self, classifier: "PyTorchClassifier", eps: float = 8 / 255, eps_step: float = 2 / 255,
                  max_iter: int = 10, norm: Union[str, float] = "inf", config: Optional[GeneralistConfig] = None,
-                 plugins: Optional[Sequence[Plugin]] = None, **options: Any) -> None:
+                 plugins: Optional[Sequence[Plugin]] = None, sparsity: Optional[SparsityPlugin] = None,
+                 **options: Any) -> None:
         runtime = {k: options.pop(k) for k in RuntimeOptions.flat_names() if k in options}
         self.config = (config or GeneralistConfig()).replace(**options)
         self.specs = (list(self.config.learners) if self.config.learners is not None
                       else [LearnerSpec("robust", "pgd"), LearnerSpec("natural", "natural")])
         super().__init__(classifier, eps=eps, eps_step=eps_step, max_iter=max_iter, norm=norm, plugins=plugins,
-                         **runtime)
+                         sparsity=sparsity, **runtime)
         self.lr_schedule = self.config.schedules.lr()
         self.mixer = WeightMixer(mix_buffers=self.config.mixing.mix_buffers)
         decay, _ = self.config.ema.resolve(OFFICIAL_ITERATIONS)  # "auto" is set per run in _begin_fit
@@ -168,6 +173,9 @@ class GeneralistTrainer(TensorTrainer):
 
     def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
         return self._engine.train_epoch(epoch, nb_epochs, batches, nb_batches)
+
+    def _learners(self) -> list[Learner]:
+        return list(self.learners)
 
     def _models(self) -> dict[str, InputSpace]:
         models = {"global": self.global_space, **{lrn.name: lrn.space for lrn in self.learners}}

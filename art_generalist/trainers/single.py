@@ -28,7 +28,8 @@ class SingleLearnerTrainer(TensorTrainer):
     :param lr_schedule: ``"official"`` (Generalist's piecewise-linear decay), ``None`` or a callable.
     :param per_iteration_schedules: evaluate the lr schedule at fractional epochs (after each
         iteration) instead of once per epoch, as :class:`~art_generalist.GeneralistTrainer` can.
-    Other arguments as :class:`~art_generalist.trainers.base.TensorTrainer`.
+    Other arguments as :class:`~art_generalist.trainers.base.TensorTrainer` (``plugins``,
+    ``sparsity``, the PGD budget and the runtime options).
     """
 
     _legacy_state_names = ("AdversarialTrainerTensor",)
@@ -66,6 +67,9 @@ class SingleLearnerTrainer(TensorTrainer):
         self.global_space.model.load_state_dict(state["global"])
         self.learner.optimizer.load_state_dict(state["optimizer"])
         self.learner.base_lrs = list(state["base_lrs"])
+
+    def _learners(self) -> list[Learner]:
+        return [self.learner]
 
     def _train_epoch(self, epoch: int, nb_epochs: int, batches: Iterable[Batch], nb_batches: int) -> dict:
         self.learner.set_lr(self.learner.scheduled_lr(epoch, nb_epochs))
