@@ -38,17 +38,19 @@ def _eval_logits(space: nn.Module, u: torch.Tensor) -> torch.Tensor:
         space.train(was_training)
 
 
-def robust_scores(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
-                  batch_size: int = 512) -> tuple[float, float, float]:
-    """(clean accuracy, adversarial accuracy, adversarial loss) of ``space`` on unit-range data.
+def robust_flags(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
+                 batch_size: int = 512) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+    """Per-example clean and adversarial correctness of ``space`` on unit-range data, and the
+    adversarial loss.
 
-    The attack runs only on the points classified correctly, so adversarial accuracy never
-    exceeds clean accuracy; the adversarial loss is the mean cross-entropy on those points' PGD
-    examples (NaN when no point is classified correctly). Without an attack both are NaN.
+    The attack runs only on the points classified correctly, so a point is adversarially correct
+    only if it is clean-correct; the adversarial loss is the mean cross-entropy on those points'
+    PGD examples (NaN when no point is classified correctly). Without an attack the adversarial
+    flags are ``None`` and the loss NaN.
     """
     clean_ok = predict_labels(space, u, batch_size) == y
     if attack is None:
-        return clean_ok.float().mean().item(), float("nan"), float("nan")
+        return clean_ok, None, float("nan")
     adv_ok = clean_ok.clone()
     idx = clean_ok.nonzero().flatten()
     loss_sum = torch.zeros((), dtype=torch.float64, device=u.device)
@@ -57,8 +59,16 @@ def robust_scores(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: O
         logits = _eval_logits(space, attack(u[b], y[b]))
         adv_ok[b] = logits.argmax(1) == y[b]
         loss_sum += F.cross_entropy(logits.float(), y[b], reduction="sum").double()
-    loss = loss_sum.item() / len(idx) if len(idx) else math.nan
-    return clean_ok.float().mean().item(), adv_ok.float().mean().item(), loss
+    return clean_ok, adv_ok, loss_sum.item() / len(idx) if len(idx) else math.nan
+
+
+def robust_scores(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
+                  batch_size: int = 512) -> tuple[float, float, float]:
+    """(clean accuracy, adversarial accuracy, adversarial loss): the means of :func:`robust_flags`
+    (adversarial accuracy and loss NaN without an attack)."""
+    clean_ok, adv_ok, loss = robust_flags(space, u, y, attack, batch_size)
+    adv = adv_ok.float().mean().item() if adv_ok is not None else float("nan")
+    return clean_ok.float().mean().item(), adv, loss
 
 
 def robust_accuracy(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Optional[TrainingAttack],
