@@ -13,6 +13,7 @@ import torch
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark.fronts import FRONT_METHODS
 from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_fronts, format_table
+from art_generalist.benchmark.sparse import format_paper_table
 from art_generalist.config import GeneralistConfig
 from art_generalist.data import DATASETS
 from art_generalist.estimators import build_classifier
@@ -63,7 +64,12 @@ def parser() -> argparse.ArgumentParser:
     _training(b)
     b.add_argument("--methods", default="generalist,art_madry,art_trades",
                    help=f"comma list of {list(METHODS)}; a knob after @ sweeps a front: generalist@0.7 (final β), "
-                        "art_trades@3 or trades@3 (TRADES β)")
+                        "art_trades@3 or trades@3 (TRADES β), flying_bird@0.2 (density of the sparse methods, "
+                        "default 0.2)")
+    b.add_argument("--paper-metrics", action="store_true",
+                   help="the sparse-training paper's columns for every method: robust and clean accuracy of the "
+                        "best (validation PGD) and final epochs, their difference, the train − test robust gap, "
+                        "training and inference FLOPs; a second table in results.md and sparse.png")
     b.add_argument("--fronts", action="store_true",
                    help=f"trade-off fronts: --methods {','.join(FRONT_METHODS)}")
     b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
@@ -123,10 +129,12 @@ def _benchmark(args: argparse.Namespace) -> int:
                           device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
-                          resume=args.resume)
+                          resume=args.resume, paper_metrics=args.paper_metrics)
     results = run_benchmark(cfg)
     print(format_table(results["rows"]))
     print(format_fronts(results["fronts"]))
+    if args.paper_metrics:
+        print(format_paper_table(results["rows"]))
     print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
     return 0
 

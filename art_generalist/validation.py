@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack, madry_step, predict_labels
+from art_generalist.plugins import Plugin
 
 
 def madry_attack(space: InputSpace, norm: Union[str, float, ThreatModel], eps: float,
@@ -122,3 +123,50 @@ class BestModel:
             return False
         model.load_state_dict(self.state)
         return True
+
+
+class TrackBest(Plugin):
+    """Keeps the weights of the epoch with the best validation robust accuracy, without restoring them.
+
+    The model a trainer ships stays the final one (``restore_best`` is the option that ships the
+    best); this plug-in only remembers the best epoch's weights (:attr:`state`, :attr:`epoch`),
+    for "best vs final" comparisons such as robust overfitting. Ties keep the earlier epoch. Its
+    state joins checkpoints, so a resumed run keeps the best of the epochs before the restart.
+    Put it before plug-ins whose ``after_epoch`` changes weights (a sparsity plug-in): it must see
+    the weights that were validated.
+
+    :param key: the record entry compared (default ``"val_pgd_acc"``, the validation PGD accuracy).
+    """
+
+    name = "track_best"
+
+    def __init__(self, key: str = "val_pgd_acc") -> None:
+        self.key = key
+        self.best = BestModel()
+        self.epoch: Optional[int] = None
+
+    @property
+    def state(self) -> Optional[dict]:
+        """The kept weights (a ``state_dict``), or ``None`` before the first validated epoch."""
+        return self.best.state
+
+    def after_epoch(self, trainer, record: dict) -> None:
+        self.offer(record, trainer.global_space.model)
+
+    def offer(self, record: dict, model: nn.Module) -> bool:
+        """Keep ``model``'s weights if ``record[key]`` is the best so far; marks ``record["best_tracked"]``."""
+        value = record.get(self.key)
+        if value is None:
+            raise ValueError(f"TrackBest needs `{self.key}` in every epoch's record: train with "
+                             f"`validation_data` and `val_max_iter >= 1`.")
+        if not self.best.offer(float(value), model):
+            return False
+        self.epoch = record["epoch"]
+        record["best_tracked"] = True
+        return True
+
+    def state_dict(self) -> dict:
+        return {"score": self.best.score, "epoch": self.epoch, "state": self.best.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best.score, self.epoch, self.best.state = state["score"], state["epoch"], state["state"]

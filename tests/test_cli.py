@@ -80,3 +80,17 @@ def test_generalist_args_are_parsed_as_a_json_object():
     for bad in ("{not json", "[1, 2]"):
         with pytest.raises(SystemExit):
             parser().parse_args(["benchmark", "--generalist-args", bad])
+
+
+def test_benchmark_paper_metrics_tiny(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--methods", "art_madry,flying_bird", "--paper-metrics", "--epochs", "1",
+                 "--n-train", "128", "--n-val", "32", "--n-eval", "16", "--max-iter", "2", "--aa-version",
+                 "apgd-ce", "--pgd-steps", "2", "--batch-size", "64", "--out", str(out), "--quiet", "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| method | density | RA best |" in printed and "| flying_bird | 0.200 |" in printed
+    reports = json.loads((out / "results.json").read_text())["reports"]
+    art, sparse = reports["art_madry"]["paper"], reports["flying_bird"]["paper"]
+    assert art["flops"]["training"] > sparse["flops"]["training"] > 0
+    assert (out / "sparse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

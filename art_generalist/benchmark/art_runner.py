@@ -20,7 +20,7 @@ from art_generalist.attacks import InputSpace, ThreatModel
 from art_generalist.inputs import check_x, check_y
 from art_generalist.schedules import OFFICIAL_LR, Schedule
 from art_generalist.state.files import PathLike, atomic_save, collect_rng_states, safe_load, set_rng_states
-from art_generalist.validation import validate
+from art_generalist.validation import TrackBest, validate
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -57,12 +57,14 @@ class ARTTrainerRun:
         iteration: the nearest ART gets to the per-iteration schedules of the package's trainers.
     :param seed: seeds the chunked epochs' shuffling (ART shuffles within ``fit`` with numpy's
         global generator).
+    :param track_best: a :class:`~art_generalist.validation.TrackBest` offered each validated epoch
+        (kept in the checkpoint), as the package's trainers take it as a plug-in.
     """
 
     def __init__(self, classifier: "PyTorchClassifier", method: str, eps: float, eps_step: float, max_iter: int,
                  trades_beta: float = 6.0, lr_schedule: Schedule = OFFICIAL_LR, val_max_iter: int = 20,
                  verbose: bool = False, lr_updates_per_epoch: int = 1, seed: int = 0,
-                 norm: Union[str, float] = "inf") -> None:
+                 norm: Union[str, float] = "inf", track_best: Optional[TrackBest] = None) -> None:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.defences.trainer import AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch
 
@@ -99,6 +101,7 @@ class ARTTrainerRun:
             self.workarounds.append("chunked_lr")
         self.space = InputSpace(model, estimators.clip_range(classifier), *estimators.mean_std(classifier))
         self.history: list[dict] = []
+        self.track_best = track_best
 
     def fit(self, x: np.ndarray, y: np.ndarray, nb_epochs: int, batch_size: int = 128,
             validation_data: Optional[tuple[Any, Any]] = None, checkpoint_dir: Optional[PathLike] = None,
@@ -130,13 +133,16 @@ class ARTTrainerRun:
                                       "lr": self.classifier.optimizer.param_groups[0]["lr"]}
             if val is not None:
                 record.update(validate(self.space, *val, self.norm, self.eps, self.val_max_iter))
+            if self.track_best is not None:
+                self.track_best.offer(record, self.classifier.model)
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
             if path is not None:
                 atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method,
                              "model": self.classifier.model.state_dict(),
                              "optimizer": self.classifier.optimizer.state_dict(), "history": self.history,
-                             "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states()}, path)
+                             "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states(),
+                             "track_best": self.track_best.state_dict() if self.track_best is not None else None}, path)
             if stop_after is not None and stop_after <= epoch < nb_epochs:
                 break
         return self.history
@@ -150,6 +156,8 @@ class ARTTrainerRun:
         self.classifier.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self._rng.bit_generator.state = state["chunk_rng"]
+        if self.track_best is not None and state.get("track_best") is not None:
+            self.track_best.load_state_dict(state["track_best"])
         set_rng_states(state["rng"])
         logger.info("resumed ART %s after epoch %d from %s", self.method, state["epoch"], path)
         return state["epoch"] + 1

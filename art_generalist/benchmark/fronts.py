@@ -2,9 +2,10 @@
 
 A benchmark method is a family name, optionally with its knob: ``generalist@0.7`` is Generalist
 with the final β 0.7 (β: (0, E/3, 2E/3, E) → (1, 1, 1, 0.7)), ``art_trades@3`` and ``trades@3``
-are TRADES with β = 3. Points are (clean, robust) accuracies on the same test points, each with a
-Wilson 95% interval; a point is dominated when a point of another family is at least as good on
-both axes and better on one.
+are TRADES with β = 3, ``flying_bird@0.2`` (and ``robust_bird``, ``flying_bird_plus``,
+``generalist+flying_bird``) is sparse training at density 0.2 (80 % sparse). Points are (clean,
+robust) accuracies on the same test points, each with a Wilson 95% interval; a point is dominated
+when a point of another family is at least as good on both axes and better on one.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import math
 from typing import Optional
 
 #: family -> (knob name, how the knob is read)
-KNOBS = {"generalist": "final β", "art_trades": "TRADES β", "trades": "TRADES β"}
+KNOBS = {"generalist": "final β", "art_trades": "TRADES β", "trades": "TRADES β", "robust_bird": "density",
+         "flying_bird": "density", "flying_bird_plus": "density", "generalist+flying_bird": "density"}
 
 #: The sweep of ``art-generalist benchmark --fronts``.
 FRONT_METHODS = ("generalist@1.0", "generalist@0.7", "generalist@0.4", "generalist@0.2",
@@ -33,6 +35,8 @@ def split_method(method: str, families: tuple[str, ...]) -> tuple[str, Optional[
         value = float(knob)
     except ValueError:
         raise ValueError(f"The knob of {method!r} must be a number.") from None
+    if KNOBS[family] == "density" and not 0.0 < value <= 1.0:
+        raise ValueError(f"The density of {method!r} must lie in (0, 1] (the fraction of weights kept).")
     if family == "generalist" and not 0.0 <= value <= 1.0:
         raise ValueError(f"Generalist's final β must lie in [0, 1], got {method!r}.")
     if value < 0:

@@ -2,7 +2,7 @@
 
 Same model, data, epochs, ε, PGD budget, optimizer and learning-rate schedule; the same
 evaluation (clean, PGD, AutoAttack, per-example worst case) on the same test points, with the
-integrity checks reported. Writes ``results.json``, ``results.md`` and ``tradeoff.png``.
+integrity checks reported. Writes ``results.json``, ``results.md``, ``tradeoff.png`` (``sparse.png``: .sparse).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any, Optional
@@ -21,6 +22,7 @@ import torch
 
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark import fronts
+from art_generalist.benchmark import sparse as paper
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
@@ -30,7 +32,7 @@ from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades")
+METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades") + paper.FAMILIES
 
 
 @dataclass
@@ -64,6 +66,7 @@ class BenchmarkConfig:
     verbose: bool = True
     generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
     resume: bool = False  # keep the finished methods of `out`, resume the others from their checkpoints
+    paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse)
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -74,6 +77,7 @@ class BenchmarkConfig:
             raise ValueError(f"`methods` must be distinct, got {list(self.methods)}.")
         if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1 or self.art_lr_chunks < 1:
             raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
+        paper.check_config(self)
 
 
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
@@ -89,17 +93,19 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
     family, knob = fronts.split_method(method, METHODS)
-    if family == "generalist":
-        options = {**per_iteration, **cfg.generalist}
-        if knob is not None:
+    sparse_options = paper.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
+    if family.startswith("generalist"):
+        options = {**per_iteration, **cfg.generalist, **sparse_options}
+        if knob is not None and family == "generalist":
             options["beta_schedule"] = fronts.generalist_beta(knob)
         trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **options)
         history = trainer.fit(*split["train"], **fit)
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
-    elif family in ("pgd_at", "trades"):
-        objective = "pgd" if family == "pgd_at" else TRADES(cfg.trades_beta if knob is None else knob)
-        trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration)
+    elif family in ("pgd_at", "trades") + paper.FAMILIES:
+        objective = TRADES(cfg.trades_beta if knob is None else knob) if family == "trades" else "pgd"
+        trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration,
+                                       **sparse_options)
         history = trainer.fit(*split["train"], **fit)
         extra = {}
     else:
@@ -107,7 +113,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
                                 trades_beta=cfg.trades_beta if knob is None else knob,
                                 verbose=cfg.verbose, seed=cfg.seed,
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
-                                **budget)
+                                track_best=paper.TrackBest() if cfg.paper_metrics else None, **budget)
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
                               validation_data=split["val"], checkpoint_dir=checkpoints, resume=cfg.resume)
         info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
@@ -116,7 +122,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     epoch_seconds = [r["seconds"] for r in history]
     info.update(train_seconds=seconds, epoch_seconds=epoch_seconds, median_epoch_seconds=median(epoch_seconds),
                 examples_per_s=len(split["train"][0]) * cfg.epochs / sum(epoch_seconds), history=history,
-                extra_models=extra)
+                extra_models=extra, **paper.training_info(trainer, family, cfg, data.input_shape))
     classifier = trainer.get_classifier() if hasattr(trainer, "get_classifier") else trainer.classifier
     return classifier, info
 
@@ -148,11 +154,15 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             continue
         logger.info("training %s", method)
         classifier, info = _train(method, cfg, data, split)
-        report = evaluate(classifier, x_test, y_test, eps=cfg.eps, attacks=("pgd", "autoattack"),
-                          aa_version=cfg.aa_version, pgd_steps=cfg.pgd_steps, seed=cfg.seed, device=cfg.device,
-                          model_name=method, progress=cfg.verbose)
-        reports[method] = report.to_dict()
+        test_eval = partial(evaluate, x=x_test, y=y_test, eps=cfg.eps, attacks=("pgd", "autoattack"),
+                            aa_version=cfg.aa_version, pgd_steps=cfg.pgd_steps, seed=cfg.seed, device=cfg.device,
+                            progress=cfg.verbose)
+        report = test_eval(classifier, model_name=method)
+        reports[method] = {**report.to_dict(), **({"sparsity": info.pop("sparsity")} if "sparsity" in info else {})}
         rows.append(_row(method, report, info))
+        if cfg.paper_metrics:
+            rows[-1]["paper"] = reports[method]["paper"] = paper.metrics(
+                classifier, info, report, split["train"], x_test, y_test, cfg, test_eval)
         for name, space in info.pop("extra_models").items():
             rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))
         reports[method]["training"] = dict(info)
@@ -277,7 +287,8 @@ def write_results(out: Path, results: dict) -> None:
           "## ART workarounds applied", ""]
     seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
-    md += ["", f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)", ""]
+    md += ["", *paper.paper_section(out, results), f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)",
+           ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
     fronts.plot(out / "tradeoff.png", results["rows"], f"{cfg['dataset']} ε={cfg['eps']:g}, n={results['n_eval']}: "
                 f"clean vs robust, Wilson 95% intervals", f"AutoAttack accuracy (%), {cfg['aa_version']}",
