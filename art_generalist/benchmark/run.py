@@ -183,8 +183,9 @@ def _finished(out: Path, cfg: BenchmarkConfig) -> tuple[list[dict], dict]:
     earlier = json.loads(path.read_text(encoding="utf-8"))
     ignore = {"methods", "resume", "verbose", "out"}
     mine = json.loads(json.dumps(dict(vars(cfg)), default=str))
-    differ = sorted(k for k in set(mine) | set(earlier["config"])
-                    if k not in ignore and mine.get(k) != earlier["config"].get(k))
+    # a setting that an earlier version did not record had its default value then
+    theirs = {**json.loads(json.dumps(dict(vars(BenchmarkConfig())), default=str)), **earlier["config"]}
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in ignore and mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"{path} was written with other settings ({', '.join(differ)}); resume with the same "
                          f"settings or another --out.")
