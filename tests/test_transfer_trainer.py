@@ -1,0 +1,101 @@
+"""TransferTrainer: the paper's protocol on the shared engine, from a MadryLab-format checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from art_generalist.transfer import StepLR, TransferTrainer, load_source
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope="module")
+def madry_checkpoint():
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet18(num_classes=1000).state_dict()
+    model = {"module.normalizer.new_mean": torch.tensor(MEAN).reshape(3, 1, 1),
+             "module.normalizer.new_std": torch.tensor(STD).reshape(3, 1, 1),
+             **{f"module.model.{k}": v for k, v in sd.items()},
+             **{f"module.attacker.model.{k}": v for k, v in sd.items()}}
+    return {"model": model, "epoch": 90}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.random((20, 3, 16, 16), dtype=np.float32), rng.integers(0, 3, 20)
+
+
+def _user_classifier(ckpt, input_shape=(3, 16, 16)):
+    from art.estimators.classification import PyTorchClassifier
+
+    src = load_source(ckpt, "resnet18")
+    return PyTorchClassifier(src.model, loss=nn.CrossEntropyLoss(), input_shape=input_shape, nb_classes=3,
+                             clip_values=(0.0, 1.0), preprocessing=src.preprocessing)
+
+
+@pytest.mark.parametrize("mode", ["fixed-feature", "full"])
+def test_fit_from_a_madrylab_checkpoint(madry_checkpoint, data, mode, tmp_path):
+    clf = _user_classifier(madry_checkpoint)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    trainer = TransferTrainer(clf, mode=mode, validation_split=0.25)
+    histories = trainer.fit(*data, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path)
+    assert set(histories) == {0.01, 0.001} and trainer.best_lr in (0.01, 0.001)
+    assert histories[0.01][0]["examples"] == 15  # 5 of the 20 held out for the lr selection
+    assert (tmp_path / "lr_0.01").is_dir() and (tmp_path / "lr_0.001").is_dir()
+    tuned = trainer.get_classifier()
+    after = tuned.model.state_dict()
+    assert after["fc.weight"].shape == (3, 512)
+    backbone = [k for k in before if not k.startswith("fc.")]
+    changed = [k for k in backbone if not torch.equal(before[k], after[k])]
+    if mode == "fixed-feature":
+        assert changed == []  # parameters and BatchNorm buffers bit-identical
+    else:
+        assert any(k.endswith("running_var") for k in changed) and any(k.endswith("conv1.weight") for k in changed)
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())  # user's model untouched
+    op = tuned.preprocessing_operations[0]
+    assert np.allclose(np.asarray(op.mean).reshape(-1), MEAN) and np.allclose(np.asarray(op.std).reshape(-1), STD)
+    assert trainer.predict(data[0][:4]).shape == (4, 3)
+    opt = trainer.trainer.learner.optimizer
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_adversarial_fine_tuning_and_evaluate(madry_checkpoint, data):
+    from art_generalist import evaluate
+
+    trainer = TransferTrainer(_user_classifier(madry_checkpoint), objective="pgd", lr_grid=(0.01,), eps=2 / 255,
+                              eps_step=1 / 255, max_iter=1, val_max_iter=1)
+    x, y = data
+    trainer.fit(x[:12], y[:12], validation_data=(x[12:], y[12:]), nb_epochs=1, batch_size=6)
+    report = evaluate(trainer.get_classifier(), x[12:], y[12:], eps=2 / 255, attacks=("pgd",), pgd_steps=2,
+                      checks=None)
+    assert 0.0 <= report.robust_acc <= report.clean_acc <= 1.0
+
+
+def test_step_schedule():
+    sched = StepLR()
+    assert [sched(e, 150) for e in (1, 50, 51, 100, 101, 150)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert StepLR(2, 0.5)(3, 10) == 0.5
+    with pytest.raises(ValueError, match="step_epochs"):
+        StepLR(0)
+
+
+def test_bad_arguments(madry_checkpoint):
+    clf = _user_classifier(madry_checkpoint)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        TransferTrainer(clf, mode="linear-probe")
+    with pytest.raises(ValueError, match="lr_grid"):
+        TransferTrainer(clf, lr_grid=())
+    with pytest.raises(ValueError, match="lr_grid"):
+        TransferTrainer(clf, lr_grid=(0.0,))
+    with pytest.raises(ValueError, match="validation_split"):
+        TransferTrainer(clf, validation_split=1.0)
+    with pytest.raises(ValueError, match="level"):
+        TransferTrainer(clf, level=7)
+    with pytest.raises(ValueError, match=r"cannot take the classifier's `input_shape` \(1, 16, 16\)"):
+        TransferTrainer(_user_classifier(madry_checkpoint, input_shape=(1, 16, 16)))
+    with pytest.raises(ValueError, match="no validation or no training"):
+        TransferTrainer(clf, validation_split=0.01).fit(np.zeros((10, 3, 16, 16), np.float32), np.zeros(10, int))
