@@ -80,3 +80,20 @@ def classifier():
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def snapshots_plugin():
+    """A plug-in that keeps the shipped model's weights after every epoch (the validated weights)."""
+    from art_generalist import Plugin
+
+    class Snapshots(Plugin):
+        name = "snapshots"
+
+        def __init__(self):
+            self.states = []
+
+        def after_epoch(self, trainer, record):
+            self.states.append({k: v.clone() for k, v in trainer.global_space.model.state_dict().items()})
+
+    return Snapshots()
+

@@ -15,11 +15,10 @@ from art_generalist.benchmark import run as bench
 from art_generalist.benchmark import sparse as paper
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import METHODS, BenchmarkConfig, run_benchmark
-from art_generalist.plugins import Plugin
 from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird
 from art_generalist.trainers.base import TensorTrainer
 from art_generalist.validation import TrackBest
-from tests.conftest import make_classifier
+from tests.conftest import make_classifier, snapshots_plugin
 
 SPARSE = ("pgd_at", "flying_bird@0.2", "flying_bird_plus@0.2", "robust_bird@0.2", "generalist+flying_bird@0.2")
 
@@ -45,16 +44,6 @@ def test_sparse_method_names_parse_and_refuse_bad_densities():
     BenchmarkConfig(methods=("flying_bird@0.2",), n_val=0)  # Flying Bird itself needs no validation
 
 
-class _Snapshots(Plugin):
-    name = "snapshots"
-
-    def __init__(self):
-        self.states = []
-
-    def after_epoch(self, trainer, record):
-        self.states.append({k: v.clone() for k, v in trainer.global_space.model.state_dict().items()})
-
-
 def _scripted(scores):
     """A ``_validate`` whose PGD accuracies follow ``scores`` (one per epoch, per trainer)."""
     def validate(self, u, y):
@@ -66,7 +55,7 @@ def _scripted(scores):
 
 def test_track_best_keeps_the_best_epoch_without_restoring_it(digits, monkeypatch):
     monkeypatch.setattr(TensorTrainer, "_validate", _scripted([0.2, 0.9, 0.5]))
-    track, snapshots = TrackBest(), _Snapshots()
+    track, snapshots = TrackBest(), snapshots_plugin()
     trainer = SingleLearnerTrainer(make_classifier(), plugins=[track, snapshots], eps=0.1, eps_step=0.025,
                                    max_iter=2, verbose=False)
     x, y = digits.x_train[:256], digits.y_train[:256]

@@ -7,8 +7,8 @@ import torch
 from art.defences.trainer import Trainer
 from art.estimators.classification import PyTorchClassifier
 
-from art_generalist import GeneralistTrainer, LearnerSpec, Plugin, SingleLearnerTrainer
-from tests.conftest import make_classifier, state_equal, tiny_net
+from art_generalist import GeneralistTrainer, LearnerSpec, SingleLearnerTrainer
+from tests.conftest import make_classifier, snapshots_plugin, state_equal, tiny_net
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=3, verbose=False, val_max_iter=0)
 
@@ -185,21 +185,9 @@ class _ScriptedValidation(GeneralistTrainer):
         return {"val_clean_acc": next(self._scores), "val_pgd_acc": 0.0, "val_seconds": 0.0}
 
 
-class _Snapshots(Plugin):
-    """Keeps the global learner's weights after each epoch (the weights that are validated)."""
-
-    name = "snapshots"
-
-    def __init__(self):
-        self.states = []
-
-    def after_epoch(self, trainer, record):
-        self.states.append({k: v.clone() for k, v in trainer.global_space.model.state_dict().items()})
-
-
 def test_restore_best_restores_the_best_validation_epoch(small):
     x, y = small
-    snapshots = _Snapshots()
+    snapshots = snapshots_plugin()
     trainer = _ScriptedValidation(make_classifier(), plugins=[snapshots], **FAST)
     history = trainer.fit(x, y, validation_data=(x[:64], y[:64]), nb_epochs=3, batch_size=64, restore_best=True)
     assert [bool(r.get("best")) for r in history] == [True, True, False]
