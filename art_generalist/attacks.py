@@ -16,6 +16,8 @@ import torch
 import torchattacks
 from torch import nn
 
+from art_generalist.global_draws import sharded
+
 
 class ThreatModel(str, enum.Enum):
     """L∞ or L2 threat model; parse with :meth:`parse` (accepts ``'inf'``, ``np.inf``, ``2`` ...)."""
@@ -110,7 +112,7 @@ class TrainingAttack:
         """Adversarial examples for unit-range inputs ``u`` and index labels ``y``."""
         if self.eps == 0 or self.max_iter == 0:
             return u
-        return self._attack(u, y)
+        return sharded(self._attack)(u, y)  # random starts drawn per global batch under torch.distributed
 
     def __repr__(self) -> str:
         return (f"TrainingAttack(norm={self.norm.value}, eps={self.eps}, eps_step={self.eps_step}, "

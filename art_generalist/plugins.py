@@ -33,6 +33,10 @@ Calling contract (every trainer of the package honours it):
   checkpoint, for exact resume.
 * ``export_metadata()``: a plain dict that joins the metadata of ``trainer.export``.
 
+Run-time plug-ins (:meth:`PluginList.attach`, e.g. the data-parallel gradient reduction of
+:mod:`art_generalist.distributed`) are called before the others at every point, but are not part
+of the trainer's settings, checkpoints or exports (a run saved on N ranks resumes on M).
+
 Subclasses override what they need; every default does nothing.
 """
 from __future__ import annotations
@@ -90,6 +94,7 @@ class PluginList:
 
     def __init__(self, plugins: Optional[Sequence[Plugin]] = None) -> None:
         self.plugins = list(plugins or [])
+        self.runtime: list[Plugin] = []
         for p in self.plugins:
             if not isinstance(p, Plugin):
                 raise TypeError(f"`plugins` must hold art_generalist.plugins.Plugin instances, got {type(p).__name__}.")
@@ -102,6 +107,12 @@ class PluginList:
 
     def __len__(self) -> int:
         return len(self.plugins)
+
+    def attach(self, plugin: Plugin) -> None:
+        """Add a run-time plug-in: called first at every point, never saved or described."""
+        if not isinstance(plugin, Plugin):
+            raise TypeError(f"`plugin` must be an art_generalist.plugins.Plugin, got {type(plugin).__name__}.")
+        self.runtime.append(plugin)
 
     def trainable(self, name: str, model: nn.Module) -> list[nn.Parameter]:
         """The parameters every plug-in lets train (all by default); the others are frozen."""
@@ -120,15 +131,15 @@ class PluginList:
         return params
 
     def reduce_gradients(self, learner: "Learner") -> None:
-        for p in self.plugins:
+        for p in self.runtime + self.plugins:
             p.reduce_gradients(learner)
 
     def after_step(self, learner: "Learner") -> None:
-        for p in self.plugins:
+        for p in self.runtime + self.plugins:
             p.after_step(learner)
 
     def after_epoch(self, trainer: Any, record: dict) -> None:
-        for p in self.plugins:
+        for p in self.runtime + self.plugins:
             p.after_epoch(trainer, record)
 
     def setup(self, trainer: Any) -> None:
@@ -137,7 +148,7 @@ class PluginList:
 
     def begin_fit(self, trainer: Any, nb_epochs: int, nb_batches: int, batches: Callable[[], Iterator[Batch]],
                   validation: Optional[Batch]) -> None:
-        for p in self.plugins:
+        for p in self.runtime + self.plugins:
             p.begin_fit(trainer, nb_epochs, nb_batches, batches, validation)
 
     def state_dict(self) -> dict:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from art_generalist.distributed import barrier, is_main_process
 from art_generalist.plugins import PluginList
 from art_generalist.state.files import (
     FORMAT_VERSION,
@@ -139,9 +140,11 @@ class TrainerState:
         the newest ``keep_last``."""
         if directory is None or (epoch % every != 0 and epoch != self.progress.nb_epochs):
             return
-        self.save_checkpoint(Path(directory) / checkpoint_name(epoch))
-        for old in list_checkpoints(directory)[:-keep_last]:
-            old.unlink(missing_ok=True)
+        if is_main_process():  # under torch.distributed rank 0 writes, the others wait for it
+            self.save_checkpoint(Path(directory) / checkpoint_name(epoch))
+            for old in list_checkpoints(directory)[:-keep_last]:
+                old.unlink(missing_ok=True)
+        barrier()
 
     # -- export -----------------------------------------------------------------------------------
     def export(self, path: PathLike, report: Optional[dict] = None) -> tuple[Path, Path]:

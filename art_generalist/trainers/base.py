@@ -16,7 +16,7 @@ import torch
 from art.defences.trainer import Trainer
 from tqdm.auto import tqdm
 
-from art_generalist import estimators
+from art_generalist import distributed, estimators, global_draws
 from art_generalist.attacks import InputSpace, ThreatModel, predict_labels
 from art_generalist.config import PGDBudget, RuntimeOptions
 from art_generalist.inputs import check_x, check_y
@@ -108,7 +108,7 @@ class TensorTrainer(TrainerState, Trainer):
     val_max_iter = property(lambda self: self.runtime.val_max_iter)
     augment = property(lambda self: self.runtime.augment)
     amp = property(lambda self: self.runtime.amp)
-    verbose = property(lambda self: self.runtime.verbose)
+    verbose = property(lambda self: self.runtime.verbose and distributed.is_main_process())  # bars on rank 0 only
 
     def _finish_init(self) -> None:
         """Subclasses call this at the end of ``__init__``: the plug-ins' ``setup``."""
@@ -220,6 +220,7 @@ class TensorTrainer(TrainerState, Trainer):
         if stop_after is not None:
             check_int(stop_after, "stop_after", 1)
         val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
+        distributed.attach(self)  # data-parallel under torch.distributed (art_generalist.distributed)
         first = self._start_run(nb_epochs, checkpoint_dir, resume)
         self._begin_fit(nb_epochs, nb_batches)
         self.plugins.begin_fit(self, nb_epochs, nb_batches, lambda: self._augmented(batches()), val)
@@ -251,7 +252,7 @@ class TensorTrainer(TrainerState, Trainer):
 
     def _augmented(self, it: Iterator[Batch]) -> Iterator[Batch]:
         for u, y in it:
-            yield (self.augment(u) if self.augment is not None else u), y
+            yield (global_draws.sharded(self.augment)(u) if self.augment is not None else u), y
 
     def _validate(self, u: torch.Tensor, y: torch.Tensor) -> dict:
         """Clean and PGD accuracy of the trained model, with the training RNG stream untouched."""

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 
+from art_generalist import distributed
+from art_generalist.global_draws import clear_shard, take_shard
+
 if TYPE_CHECKING:  # pragma: no cover
     from art.data_generators import DataGenerator
 
@@ -25,11 +28,19 @@ def nb_array_batches(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def array_batches(u: torch.Tensor, y: torch.Tensor, batch_size: int, nb_batches: int, shuffle: bool) -> Batches:
-    """Epochs over device tensors: one ``randperm`` on the data's device per epoch."""
+    """Epochs over device tensors: one ``randperm`` on the data's device per epoch. Under
+    ``torch.distributed`` each rank takes its slice of every global batch
+    (:func:`~art_generalist.global_draws.take_shard`)."""
+    distributed.check_arrays(len(u), batch_size, nb_batches, shuffle)
+
     def batches() -> Iterator[Batch]:
         order = torch.randperm(len(u), device=u.device) if shuffle else torch.arange(len(u), device=u.device)
-        for idx in order.split(batch_size)[:nb_batches]:
-            yield u[idx], y[idx]
+        try:
+            for idx in order.split(batch_size)[:nb_batches]:
+                idx = take_shard(idx)
+                yield u[idx], y[idx]
+        finally:
+            clear_shard()
     return batches
 
 

@@ -1,0 +1,127 @@
+"""Subprocess worker for the data-parallel tests: one rank of a gloo process group on localhost.
+
+    python tests/_dp_worker.py RANK WORLD_SIZE PORT OUT_DIR
+
+Runs every scenario of :data:`SCENARIOS` in one process group and saves, per scenario, what the
+tests compare to ``OUT_DIR/<scenario>-rank<RANK>.pt``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from art_generalist import GeneralistTrainer, SingleLearnerTrainer  # noqa: E402
+from art_generalist.augment import random_crop_flip  # noqa: E402
+from art_generalist.data import load_dataset  # noqa: E402
+from art_generalist.distributed import check_in_sync  # noqa: E402
+from tests.conftest import make_classifier, tiny_net  # noqa: E402
+
+FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+
+
+def augment(u: torch.Tensor) -> torch.Tensor:
+    """Random crops (padding 1) and flips: random draws per example under data parallelism."""
+    return random_crop_flip(u, padding=1)
+
+
+def build(kind: str, bn: bool, **kw):
+    """The trainers the tests compare (also built by the single-process references)."""
+    clf = make_classifier(tiny_net(0, bn=bn))
+    if kind == "generalist":
+        return GeneralistTrainer(clf, **FAST, **kw)
+    return SingleLearnerTrainer(clf, objective=kind, **FAST, **kw)
+
+
+def record_shards(trainer, seen: list) -> None:
+    """Record the size of every batch each learner steps on."""
+    learners = trainer.learners if hasattr(trainer, "learners") else [trainer.learner]
+    for lrn in learners:
+        step = lrn.step
+        lrn.step = lambda u, y, step=step: (seen.append(len(u)), step(u, y))[1]
+
+
+def fit_run(kind: str, bn: bool, out: Path, rank: int, n: int = 128, nb_epochs: int = 2, **fit) -> dict:
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    trainer = build(kind, bn, augment=augment)
+    seen, saved = [], []
+    record_shards(trainer, seen)
+    save = trainer.save_checkpoint
+    trainer.save_checkpoint = lambda path: (saved.append(Path(path).name), save(path))[1]
+    history = trainer.fit(data.x_train[:n], data.y_train[:n], nb_epochs=nb_epochs, batch_size=32, **fit)
+    return {"models": trainer.state_dict()["models"], "seen": seen, "saved": saved, "history": history}
+
+
+def step_run(kind: str, bn: bool, shuffle: bool) -> dict:
+    """One optimizer step on one global batch of 64, each rank seeded differently (rank 0's RNG wins)."""
+    data = load_dataset("digits")
+    trainer = build(kind, bn)
+    torch.manual_seed(123 + dist.get_rank())
+    trainer.fit(data.x_train[:64], data.y_train[:64], nb_epochs=1, batch_size=64, shuffle=shuffle)
+    return {"models": trainer.state_dict()["models"]}
+
+
+def errors() -> dict:
+    data = load_dataset("digits")
+    found = {}
+    cases = {"batch_size": dict(n=64, batch_size=33), "last_batch": dict(n=65, batch_size=32),
+             "length": dict(n=64 + dist.get_rank(), batch_size=32)}
+    for name, case in cases.items():
+        trainer = build("natural", False)
+        try:
+            trainer.fit(data.x_train[:case["n"]], data.y_train[:case["n"]], nb_epochs=1,
+                        batch_size=case["batch_size"])
+        except ValueError as err:
+            found[name] = str(err)
+    return found
+
+
+def sync_check() -> dict:
+    """The debug check passes on identical ranks and names the rank whose weights were changed."""
+    trainer = build("natural", False)
+    check_in_sync(trainer)
+    if dist.get_rank() == 1:
+        with torch.no_grad():
+            next(trainer.global_space.model.parameters()).view(-1)[0] += 1e-6
+    try:
+        check_in_sync(trainer)
+    except RuntimeError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
+def main() -> None:
+    rank, size, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+    torch.set_num_threads(1)
+    os.environ["ART_GENERALIST_DEBUG_SYNC"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=60))
+    results = {
+        "generalist_fit": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "ckpt"),
+        "single_fit": lambda: fit_run("pgd", True, out, rank),
+        "half": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "half", stop_after=1),
+        "resumed": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "half", resume=True),
+        "pgd_step": lambda: step_run("pgd", False, shuffle=True),
+        "natural_step": lambda: step_run("natural", False, shuffle=True),
+        "generalist_step": lambda: step_run("generalist", False, shuffle=True),
+        "natural_bn_step": lambda: step_run("natural", True, shuffle=False),
+        "errors": errors,
+        "sync_check": sync_check,
+    }
+    for name, run in results.items():
+        torch.save(run(), out / f"{name}-rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    from tests._dp_worker import main as imported_main  # functions named as the tests import them (settings)
+
+    imported_main()

@@ -1,0 +1,150 @@
+"""Data-parallel training under torch.distributed: 2 gloo ranks on localhost (tests/_dp_worker.py).
+
+One launch of the two ranks runs every scenario (about 15 s); the tests compare what each rank
+saved with each other and with single-process runs in this process.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from art_generalist.attacks import TrainingAttack
+from art_generalist.augment import random_crop_flip
+from art_generalist.global_draws import Shard, _GlobalDraws
+from tests._dp_worker import augment, build
+from tests.conftest import tiny_net
+from tests.test_checkpoint import _assert_identical, _tensors
+
+WORKER = pathlib.Path(__file__).with_name("_dp_worker.py")
+TIMEOUT_S = 120  # the launch takes about 15 s; a hung rank is killed after this
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Launch 2 ranks once; returns ``load(scenario) -> [rank 0's result, rank 1's]`` and the output dir."""
+    out = tmp_path_factory.mktemp("dp")
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", port, str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a data-parallel rank hung for {TIMEOUT_S} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(p.returncode != 0 for p in procs):
+        pytest.fail("a data-parallel rank failed:\n" + "\n".join(log[-3000:] for log in logs))
+    return (lambda name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=False) for r in range(2)]), out
+
+
+@pytest.mark.parametrize("scenario", ["generalist_fit", "single_fit", "resumed"])
+def test_every_rank_ends_with_bit_identical_weights(ranks, scenario):
+    r0, r1 = ranks[0](scenario)
+    _assert_identical(r0["models"], r1["models"])
+    assert [h["learners"] for h in r0["history"]] == [h["learners"] for h in r1["history"]]
+
+
+def test_each_rank_trains_on_half_of_each_global_batch(ranks):
+    for r in ranks[0]("generalist_fit"):  # 128 examples, global batches of 32, 2 epochs, 2 learners
+        assert r["seen"] == [16] * 16
+        assert [h["examples"] for h in r["history"]] == [128, 128]
+
+
+def test_rank_zero_alone_writes_the_checkpoints(ranks):
+    r0, r1 = ranks[0]("generalist_fit")
+    assert r0["saved"] == ["checkpoint-epoch00001.pt", "checkpoint-epoch00002.pt"] and r1["saved"] == []
+    assert sorted(p.name for p in (ranks[1] / "ckpt").iterdir()) == r0["saved"]
+
+
+def test_two_ranks_resume_bit_identically_and_one_process_resumes_their_checkpoint(ranks, digits, tmp_path):
+    full, resumed = ranks[0]("generalist_fit")[0], ranks[0]("resumed")[0]
+    assert [h["epoch"] for h in ranks[0]("half")[0]["history"]] == [1]
+    _assert_identical(full["models"], resumed["models"])
+    shutil.copytree(ranks[1] / "half", tmp_path / "half")
+    trainer = build("generalist", True, augment=augment)
+    history = trainer.fit(digits.x_train[:128], digits.y_train[:128], nb_epochs=2, batch_size=32,
+                          checkpoint_dir=tmp_path / "half", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2] and trainer.progress.epoch == 2
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    fa, fb = _tensors(a), _tensors(b)
+    assert fa.keys() == fb.keys()
+    return max((fa[k].double() - fb[k].double()).abs().max().item() for k in fa
+               if isinstance(fa[k], torch.Tensor) and fa[k].is_floating_point())
+
+
+@pytest.mark.parametrize("kind", ["pgd", "natural", "generalist"])
+def test_one_step_on_two_ranks_equals_one_step_on_the_global_batch(ranks, digits, kind):
+    """Without BatchNorm, PGD random start included (drawn per global batch and sliced)."""
+    r0, r1 = ranks[0](f"{kind}_step")
+    _assert_identical(r0["models"], r1["models"])
+    trainer = build(kind, False)
+    torch.manual_seed(123)  # rank 0's seed: its RNG state is broadcast to every rank
+    trainer.fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=1, batch_size=64, shuffle=True)
+    assert _max_diff(trainer.state_dict()["models"], r0["models"]) < 1e-6
+
+
+def test_one_step_with_batchnorm_equals_the_mean_of_the_per_rank_steps(ranks, digits):
+    """With BatchNorm in train mode each rank normalises its half ("ghost" batch norm): the step
+    equals the mean of single-process steps on the two halves (running statistics included)."""
+    r0, _ = ranks[0]("natural_bn_step")
+    halves = []
+    for part in (slice(0, 32), slice(32, 64)):  # shuffle=False: rank r holds examples [32r, 32r + 32)
+        trainer = build("natural", True)
+        trainer.fit(digits.x_train[part], digits.y_train[part], nb_epochs=1, batch_size=32, shuffle=False)
+        halves.append(trainer.state_dict()["models"]["global"])
+    mean = {k: (v + halves[1][k]) / 2 if v.is_floating_point() else v for k, v in halves[0].items()}
+    assert _max_diff(mean, r0["models"]["global"]) < 1e-6
+
+
+def test_misuse_gets_a_clear_error(ranks):
+    for r in ranks[0]("errors"):
+        assert "`batch_size`=33" in r["batch_size"] and "world size 2" in r["batch_size"]
+        assert "last global batch holds 1 of the 65" in r["last_batch"] and "drop_last=True" in r["last_batch"]
+        assert "same data length" in r["length"] and "len(x)=6" in r["length"]
+
+
+def test_the_debug_sync_check_catches_ranks_out_of_sync(ranks):
+    for r in ranks[0]("sync_check"):  # rank 1 nudged one weight by 1e-6
+        assert "out of sync" in r["error"] and "ranks [1]" in r["error"]
+
+
+# -- single process: the global-batch draws ---------------------------------------------------------
+def test_slice_draws_equal_the_global_batch_draws():
+    """A rank's augmentation and PGD random start equal the slice of the single-process draws,
+    and consume the RNG as one process does."""
+    torch.manual_seed(0)
+    u, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    model = tiny_net(0).eval()
+    from art_generalist.attacks import InputSpace
+    space = InputSpace(model, (0.0, 1.0), 0.0, 1.0)
+    attacks = {norm_loss: TrainingAttack(space, norm_loss[0], 0.1, 0.025, 2, loss=norm_loss[1])
+               for norm_loss in [("inf", "ce"), (2, "ce"), ("inf", "kl")]}
+    fns = {"augment": lambda v, _: random_crop_flip(v, padding=1), **attacks}
+    for name, fn in fns.items():
+        torch.manual_seed(1)
+        full = fn(u, y)
+        after_full = torch.get_rng_state()
+        torch.manual_seed(1)
+        with _GlobalDraws(Shard(8, 4, 8)):
+            part = fn(u[4:], y[4:])
+        assert torch.allclose(part, full[4:], atol=1e-6), name
+        assert torch.equal(torch.get_rng_state(), after_full), name
