@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torchattacks
@@ -94,25 +94,38 @@ class TrainingAttack:
                  eps_step: float, max_iter: int, loss: str = "ce", random_start: bool = True) -> None:
         self.space, self.norm = space, ThreatModel.parse(norm)
         self.eps, self.eps_step, self.max_iter, self.loss = float(eps), float(eps_step), int(max_iter), loss
-        eps_u, step_u = self.eps / space.scale, self.eps_step / space.scale
+        self.random_start = bool(random_start)
+        self._attack = self._torchattack(self.max_iter)
+        self._draws_only: Optional[Any] = None
+
+    def _torchattack(self, steps: int) -> Any:
+        eps_u, step_u = self.eps / self.space.scale, self.eps_step / self.space.scale
+        space, loss = self.space, self.loss
         if loss == "ce" and self.norm is ThreatModel.LINF:
-            self._attack = torchattacks.PGD(space, eps=eps_u, alpha=step_u, steps=self.max_iter,
-                                            random_start=random_start)
-        elif loss == "ce":
-            self._attack = torchattacks.PGDL2(space, eps=eps_u, alpha=step_u, steps=self.max_iter,
-                                              random_start=random_start)
-        elif loss == "kl" and self.norm is ThreatModel.LINF:
-            self._attack = torchattacks.TPGD(space, eps=eps_u, alpha=step_u, steps=self.max_iter)
-        elif loss == "kl":
+            return torchattacks.PGD(space, eps=eps_u, alpha=step_u, steps=steps, random_start=self.random_start)
+        if loss == "ce":
+            return torchattacks.PGDL2(space, eps=eps_u, alpha=step_u, steps=steps, random_start=self.random_start)
+        if loss == "kl" and self.norm is ThreatModel.LINF:
+            return torchattacks.TPGD(space, eps=eps_u, alpha=step_u, steps=steps)
+        if loss == "kl":
             raise ValueError("The TRADES (KL) training attack is available for the L∞ threat model only.")
-        else:
-            raise ValueError(f"Unknown attack loss {loss!r}: use 'ce' or 'kl'.")
+        raise ValueError(f"Unknown attack loss {loss!r}: use 'ce' or 'kl'.")
 
     def __call__(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for unit-range inputs ``u`` and index labels ``y``."""
         if self.eps == 0 or self.max_iter == 0:
             return u
         return sharded(self._attack)(u, y)  # random starts drawn per global batch under torch.distributed
+
+    def skip(self, u: torch.Tensor, y: torch.Tensor) -> None:
+        """Consume the random draws that ``self(u, y)`` would, without attacking: the random
+        start only (the same torchattacks attack with 0 steps). For the batches another rank
+        attacks (:mod:`art_generalist.sharding`)."""
+        if self.eps == 0 or self.max_iter == 0:
+            return
+        if self._draws_only is None:
+            self._draws_only = self._torchattack(0)
+        sharded(self._draws_only)(u, y)
 
     def __repr__(self) -> str:
         return (f"TrainingAttack(norm={self.norm.value}, eps={self.eps}, eps_step={self.eps_step}, "

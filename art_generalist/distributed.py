@@ -101,6 +101,25 @@ def check_arrays(n: int, batch_size: int, nb_batches: int, shuffle: bool) -> Non
                          f"multiple of {size}.")
 
 
+def check_loader(nb_batches: int, distributed_sampler: bool) -> None:
+    """Refuse loaders whose number of batches differs across ranks (a rank would wait forever for
+    the others' gradients); warn when the loader has no ``DistributedSampler`` (every rank would
+    train on the same examples)."""
+    rank, _ = world()
+    mine = torch.tensor([nb_batches], dtype=torch.long, device=_reduce_device())
+    low, high = mine.clone(), mine.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise ValueError(f"Every rank's loader must yield the same number of batches; rank {rank} yields "
+                         f"{nb_batches} and the ranks range over {low.item()}..{high.item()}: use a "
+                         f"DistributedSampler (which pads every rank to the same length) with the same batch_size.")
+    if not distributed_sampler and rank == 0:
+        logger.warning("fit_loader under torch.distributed with a loader whose sampler has no set_epoch: unless "
+                       "the dataset shards itself, every rank trains on the same examples. Pass "
+                       "sampler=torch.utils.data.DistributedSampler(dataset).")
+
+
 # -- the gradient reduction ---------------------------------------------------------------------------
 def _digest(tensors: list[torch.Tensor]) -> str:
     h = hashlib.sha256()

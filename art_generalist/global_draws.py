@@ -43,6 +43,16 @@ def take_shard(idx: torch.Tensor) -> torch.Tensor:
     return idx[_current.start:_current.stop]
 
 
+def local_batch(n: int) -> None:
+    """Record this rank's local batch of ``n`` examples (a ``DistributedSampler``'s batch) as
+    slice ``rank`` of a global batch of ``n * world_size``: every rank then consumes the RNG as one
+    process on the global batch would, and draws its own examples' noise (no-op in one process)."""
+    global _current
+    rank, size = world()
+    if size > 1:
+        _current = Shard(n * size, rank * n, (rank + 1) * n)
+
+
 def clear_shard() -> None:
     """Forget the current slice (the epoch is over)."""
     global _current

@@ -20,6 +20,7 @@ from torch import nn
 
 from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack, madry_step, predict_labels
 from art_generalist.plugins import Plugin
+from art_generalist.sharding import batch_starts, gather, owns
 
 
 def madry_attack(space: InputSpace, norm: Union[str, float, ThreatModel], eps: float,
@@ -52,14 +53,22 @@ def robust_flags(space: InputSpace, u: torch.Tensor, y: torch.Tensor, attack: Op
     clean_ok = predict_labels(space, u, batch_size) == y
     if attack is None:
         return clean_ok, None, float("nan")
-    adv_ok = clean_ok.clone()
     idx = clean_ok.nonzero().flatten()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=u.device)
-    for i in range(0, len(idx), batch_size):
+    adv_ok = torch.zeros_like(clean_ok)
+    starts = batch_starts(len(idx), batch_size)
+    losses = torch.zeros(len(starts), dtype=torch.float64, device=u.device)  # per batch, summed in order
+    for k, i in enumerate(starts):
         b = idx[i:i + batch_size]
+        if not owns(k):  # another rank attacks this batch (torch.distributed); its random start is drawn here too
+            attack.skip(u[b], y[b])
+            continue
         logits = _eval_logits(space, attack(u[b], y[b]))
         adv_ok[b] = logits.argmax(1) == y[b]
-        loss_sum += F.cross_entropy(logits.float(), y[b], reduction="sum").double()
+        losses[k] = F.cross_entropy(logits.float(), y[b], reduction="sum").double()
+    adv_ok, losses = gather(adv_ok), gather(losses)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=u.device)
+    for value in losses:
+        loss_sum += value
     return clean_ok, adv_ok, loss_sum.item() / len(idx) if len(idx) else math.nan
 
 

@@ -97,6 +97,58 @@ def sync_check() -> dict:
     return {"error": None}
 
 
+def trained_classifier():
+    """A tiny net given 40 plain SGD steps on 512 digits (no torch.distributed): every rank and the
+    single-process reference build the same weights."""
+    data = load_dataset("digits")
+    model = tiny_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.as_tensor(data.x_train[:512]), torch.as_tensor(data.y_train[:512]).long()
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model((x - 0.3053) / 0.3760), y).backward()
+        opt.step()
+    return make_classifier(model.eval())
+
+
+EVAL_POINTS = 120
+
+
+def evaluation() -> dict:
+    """``evaluate`` (PGD, CW and AutoAttack in batches of 16) and ``validate``, sharded by batch."""
+    from art_generalist import evaluate
+    from art_generalist.attacks import InputSpace
+    from art_generalist.validation import madry_attack, robust_flags, validate
+
+    data, clf = load_dataset("digits"), trained_classifier()
+    x, y = data.x_test[:EVAL_POINTS], data.y_test[:EVAL_POINTS]
+    report = evaluate(clf, x, y, eps=0.1, attacks=("pgd", "cw", "autoattack"), aa_version="fast", pgd_steps=5,
+                      pgd_restarts=2, batch_size=16, checks="all").to_dict()
+    space = InputSpace(clf.model, (0.0, 1.0), 0.3053, 0.3760)
+    u, yt = torch.as_tensor(x), torch.as_tensor(y).long()
+    torch.manual_seed(5)
+    flags = robust_flags(space, u, yt, madry_attack(space, "inf", 0.1, 5), batch_size=16)
+    after = torch.rand(3)  # the RNG moved as in one process
+    return {"report": report, "flags": flags, "after": after, "validate": validate(space, u, yt, "inf", 0.1, 5)}
+
+
+def loader_run(epochs: int = 2) -> dict:
+    """fit_loader with a DistributedSampler: 16 examples per rank per step, a new shuffle each epoch."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    data = load_dataset("digits")
+    dataset = TensorDataset(torch.as_tensor(data.x_train[:128]), torch.as_tensor(data.y_train[:128]))
+    sampler = DistributedSampler(dataset, shuffle=True, seed=0)
+    orders = []
+    trainer = build("natural", False)
+    seen: list = []
+    record_shards(trainer, seen)
+    original = sampler.set_epoch
+    sampler.set_epoch = lambda e: (original(e), orders.append(list(iter(sampler))))[0]
+    history = trainer.fit_loader(DataLoader(dataset, batch_size=16, sampler=sampler), nb_epochs=epochs)
+    return {"models": trainer.state_dict()["models"], "seen": seen, "orders": orders, "history": history}
+
+
 def main() -> None:
     rank, size, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     torch.set_num_threads(1)
@@ -113,6 +165,8 @@ def main() -> None:
         "generalist_step": lambda: step_run("generalist", False, shuffle=True),
         "natural_bn_step": lambda: step_run("natural", True, shuffle=False),
         "errors": errors,
+        "evaluation": evaluation,
+        "loader": loader_run,
         "sync_check": sync_check,
     }
     for name, run in results.items():

@@ -17,7 +17,7 @@ import torch
 from art_generalist.attacks import TrainingAttack
 from art_generalist.augment import random_crop_flip
 from art_generalist.global_draws import Shard, _GlobalDraws
-from tests._dp_worker import augment, build
+from tests._dp_worker import augment, build, evaluation
 from tests.conftest import tiny_net
 from tests.test_checkpoint import _assert_identical, _tensors
 
@@ -125,6 +125,50 @@ def test_misuse_gets_a_clear_error(ranks):
 def test_the_debug_sync_check_catches_ranks_out_of_sync(ranks):
     for r in ranks[0]("sync_check"):  # rank 1 nudged one weight by 1e-6
         assert "out of sync" in r["error"] and "ranks [1]" in r["error"]
+
+
+def _untimed(obj):
+    """``obj`` without its wall-clock entries (seconds, timings) and per-rank forward-call counts."""
+    if isinstance(obj, dict) and obj.get("name") == "eval_mode":
+        return {**obj, "detail": obj["detail"].split(" of ")[0]}  # train-mode calls (summed over ranks)
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in ("seconds", "timings", "val_seconds")}
+    if isinstance(obj, (list, tuple)):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def test_sharded_evaluation_and_validation_equal_one_process(ranks):
+    """evaluate (PGD with 2 restarts, CW, AutoAttack, all checks) and validation split their attack
+    batches across the ranks and gather the single-process report, bit for bit."""
+    single = evaluation()
+    assert single["report"]["n"] == 120 and 0 < single["report"]["robust_acc"] < single["report"]["clean_acc"]
+    for r in ranks[0]("evaluation"):
+        assert _untimed(r["report"]) == _untimed(single["report"])
+        for got, want in zip(r["flags"], single["flags"]):
+            assert got == want if isinstance(want, float) else torch.equal(got, want)
+        assert torch.equal(r["after"], single["after"])
+        assert _untimed(r["validate"]) == _untimed(single["validate"])
+
+
+def test_fit_loader_with_a_distributed_sampler_trains_on_the_global_batches(ranks):
+    """Each rank steps on its 16 examples; a new shuffle each epoch, the ranks' halves disjoint;
+    without an attack or BatchNorm the weights equal one process's steps on the global batches."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    r0, r1 = ranks[0]("loader")
+    _assert_identical(r0["models"], r1["models"])
+    assert r0["seen"] == [16] * 8 and [h["examples"] for h in r0["history"]] == [128, 128]
+    for epoch in range(2):
+        assert sorted(r0["orders"][epoch] + r1["orders"][epoch]) == list(range(128))
+    assert r0["orders"][0] != r0["orders"][1]
+    from art_generalist.data import load_dataset
+    data = load_dataset("digits")
+    dataset = TensorDataset(torch.as_tensor(data.x_train[:128]), torch.as_tensor(data.y_train[:128]))
+    one = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    trainer = build("natural", False)
+    trainer.fit_loader(DataLoader(dataset, batch_size=32, sampler=one), nb_epochs=2)
+    assert _max_diff(trainer.state_dict()["models"], r0["models"]) < 1e-5
 
 
 # -- single process: the global-batch draws ---------------------------------------------------------

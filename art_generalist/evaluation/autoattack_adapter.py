@@ -14,8 +14,10 @@ Both share the attack kernels. The adapter always passes ``device`` and ``seed``
 differ: cuda vs cpu, and ``seed=None`` means "seed from the clock"), and runs the sub-attacks one
 at a time on the points still robust (AutoAttack's own aggregation), so it can record each
 sub-attack's time and kills, which the Square-vs-white-box integrity check needs. The results
-are the same as one ``run_standard_evaluation`` call. The global torch RNG is restored afterwards
-(APGD and FAB reseed it).
+are the same as one ``run_standard_evaluation`` call: AutoAttack reseeds at every batch, so the
+adapter calls it once per batch, and under ``torch.distributed`` shares the batches out across
+the ranks (:mod:`art_generalist.sharding`). The global torch RNG is restored afterwards (APGD
+and FAB reseed it).
 
 Versions: ``"standard"``, ``"plus"`` and ``"rand"`` are AutoAttack's own presets; ``"fast"``
 (``['apgd-ce', 'apgd-t']``), ``"apgd-ce"`` (``['apgd-ce']``) or an explicit sequence of
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 
 from art_generalist.attacks import ThreatModel, predict_labels
+from art_generalist.sharding import batch_starts, gather, owns
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +198,15 @@ class AutoAttackAdapter:
                     break
                 t0 = time.perf_counter()
                 self._aa.attacks_to_run = [name]
-                adv = self._call(u[idx], y[idx], batch_size).to(self.device)
-                broken = predict_labels(self.model, adv, batch_size, eval_mode=False) != y[idx]
+                broken = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+                adv = torch.zeros_like(u[idx])
+                for k, i in enumerate(batch_starts(len(idx), batch_size)):
+                    if owns(k):  # AutoAttack reseeds every batch: one call per batch is the same run
+                        b = idx[i:i + batch_size]
+                        adv[i:i + batch_size] = self._call(u[b], y[b], batch_size).to(self.device)
+                        broken[i:i + batch_size] = predict_labels(self.model, adv[i:i + batch_size], batch_size,
+                                                                  eval_mode=False) != y[b]
+                adv, broken = gather(adv), gather(broken)
                 robust[idx[broken]] = False
                 x_adv[idx[broken]] = adv[broken]
                 records.append({"name": name, "n_attacked": int(len(idx)), "n_broken": int(broken.sum()),

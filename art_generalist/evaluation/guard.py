@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from art_generalist.evaluation.checks import CheckResult
+from art_generalist.sharding import gather
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ class ModelGuard:
         """``eval_mode`` and ``state_unchanged`` (call after the ``with`` block)."""
         entry = " (the model was in train mode on entry; evaluated in eval mode, mode restored)" \
             if self.training_on_entry else ""
+        train_calls = int(gather(torch.tensor(self.train_mode_calls)))  # summed over the ranks (sharding)
         mode = CheckResult(
-            "eval_mode", self.train_mode_calls == 0,
-            f"{self.train_mode_calls} of {self.forward_calls} module forward calls ran in train mode{entry}")
+            "eval_mode", train_calls == 0,
+            f"{train_calls} of {self.forward_calls} module forward calls ran in train mode{entry}")
         shown = ", ".join(self.changed[:5]) + (" ..." if len(self.changed) > 5 else "")
         state = CheckResult(
             "state_unchanged", not self.changed,

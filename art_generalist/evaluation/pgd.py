@@ -15,7 +15,9 @@ the same sign / normalised steps and the same projection. Two additions for eval
 The ``"cw"`` loss is the CW∞ margin of Madry's / the Generalist code: ``-relu(z_y − max_{j≠y} z_j
 + κ)`` with κ = 50, i.e. the margin ``max_{j≠y} z_j − z_y`` saturating once the true class trails
 by 50 (Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644). The random draws come from a
-private :class:`torch.Generator`, so the caller's global RNG is never touched.
+private :class:`torch.Generator`, so the caller's global RNG is never touched. Under
+``torch.distributed`` the batches are shared out across the ranks and the results gathered
+(:mod:`art_generalist.sharding`): the same numbers as one process.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_generalist.attacks import ThreatModel, madry_step
+from art_generalist.sharding import batch_starts, gather, owns
 
 __all__ = ["AttackRun", "PerturbationStats", "pgd", "fgsm", "perturbation_stats", "cw_loss"]
 
@@ -64,7 +67,10 @@ class PerturbationStats:
     n_nonfinite_grad: int = 0
 
     def update(self, u: torch.Tensor, u_adv: torch.Tensor, norm: ThreatModel) -> None:
-        s = perturbation_stats(u, u_adv, norm)
+        self.add(perturbation_stats(u, u_adv, norm))
+
+    def add(self, s: "PerturbationStats") -> None:
+        """Fold in the statistics of another batch."""
         nan = math.isnan(self.max_norm) or math.isnan(s.max_norm)
         self.max_norm = float("nan") if nan else max(self.max_norm, s.max_norm)
         self.min_value, self.max_value = min(self.min_value, s.min_value), max(self.max_value, s.max_value)
@@ -165,21 +171,40 @@ def pgd(space: nn.Module, u: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     ce_trace = torch.zeros_like(trace)
     nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
     restart_robust = torch.ones(restarts, m, dtype=torch.bool, device=dev)
-    stats = PerturbationStats()
     start = time.perf_counter()
-    n_batches = -(-m // batch_size)
-    with tqdm(total=restarts * n_batches, desc=desc, disable=not progress, leave=False) as bar:
+    starts = batch_starts(m, batch_size)
+    n_rows = restarts * len(starts)
+    # one row per (restart, batch); filled by the rank that runs the batch (sharding), summed in order
+    traces = torch.zeros(n_rows, 2, steps + 1, dtype=torch.float64, device=dev)
+    batch_stats = torch.zeros(n_rows, 4, dtype=torch.float64, device=dev)
+    nonfinite = torch.zeros(n_rows, dtype=torch.int64, device=dev)
+    restart_robust = torch.zeros(restarts, m, dtype=torch.bool, device=dev)
+    with tqdm(total=n_rows, desc=desc, disable=not progress, leave=False) as bar:
         for r in range(restarts):
             gen = torch.Generator(device=dev).manual_seed(int(seed) + r)
-            for i in range(0, m, batch_size):
+            for k, i in enumerate(starts):
+                row = r * len(starts) + k
                 ub, yb = u[i:i + batch_size], y[i:i + batch_size]
+                if not owns(row):  # another rank attacks this batch; draw its random start all the same
+                    if random_start:
+                        _random_start(ub, eps, norm, gen)
+                    continue
                 adv, logits = _attack_batch(space, ub, yb, eps, alpha, steps, norm, loss_fn, random_start,
-                                            gen, trace, ce_trace, nonfinite)
+                                            gen, traces[row, 0], traces[row, 1], nonfinite[row])
                 restart_robust[r, i:i + batch_size] = logits.argmax(1) == yb
-                stats.update(ub, adv, norm)
+                s = perturbation_stats(ub, adv, norm)
+                batch_stats[row] = torch.tensor([s.max_norm, s.min_value, s.max_value, s.n_nan], dtype=torch.float64)
                 bar.update(1)
+    restart_robust, traces = gather(restart_robust), gather(traces)
+    batch_stats, nonfinite = gather(batch_stats), gather(nonfinite)
+    trace, ce_trace = torch.zeros(steps + 1, dtype=torch.float64, device=dev), torch.zeros_like(traces[0, 0])
+    stats = PerturbationStats()
+    for row in range(n_rows):  # in the single-process order, so the sums are the same bits
+        trace += traces[row, 0]
+        ce_trace += traces[row, 1]
+        stats.add(PerturbationStats(*batch_stats[row, :3].tolist(), int(batch_stats[row, 3])))
     denom = max(m * restarts, 1)
-    stats.n_nonfinite_grad = int(nonfinite)
+    stats.n_nonfinite_grad = int(nonfinite.sum())
     return AttackRun(robust=restart_robust.all(0), restart_robust=restart_robust,
                      loss_trace=(trace / denom).tolist(), ce_trace=(ce_trace / denom).tolist(),
                      stats=stats, seconds=time.perf_counter() - start)

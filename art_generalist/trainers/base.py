@@ -191,9 +191,11 @@ class TensorTrainer(TrainerState, Trainer):
     def fit_loader(self, loader: Iterable, nb_epochs: int = 20, validation_data: Optional[tuple[Any, Any]] = None,
                    **options: Any) -> list[dict]:
         """Tensor-native training on a torch ``DataLoader`` of ``(x, y)`` in input units;
-        ``options`` as :meth:`fit`."""
+        ``options`` as :meth:`fit`. Under ``torch.distributed`` give it a ``DistributedSampler``
+        (its ``set_epoch`` is called each epoch)."""
         self._check_loop_args(nb_epochs, 1)
-        batches = loader_batches(loader, self.global_space, self.device, self.get_classifier().nb_classes)
+        batches = loader_batches(loader, self.global_space, self.device, self.get_classifier().nb_classes,
+                                 epoch=lambda: self.progress.epoch)
         return self._fit(batches, len(loader), nb_epochs, validation_data, **options)
 
     # -- the loop ----------------------------------------------------------------------------------

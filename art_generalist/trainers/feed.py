@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import torch
 
 from art_generalist import distributed
-from art_generalist.global_draws import clear_shard, take_shard
+from art_generalist.global_draws import clear_shard, local_batch, take_shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.data_generators import DataGenerator
@@ -52,13 +52,40 @@ def generator_batches(generator: "DataGenerator", nb_batches: int, convert: Call
     return batches
 
 
-def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, nb_classes: int) -> Batches:
-    """Epochs over a torch ``DataLoader`` of ``(x, y)`` in input units (one-hot labels accepted)."""
+def _sampler(loader: Iterable) -> object:
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if not hasattr(sampler, "set_epoch") and hasattr(getattr(batch_sampler, "sampler", None), "set_epoch"):
+        sampler = batch_sampler.sampler
+    return sampler
+
+
+def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, nb_classes: int,
+                   epoch: Callable[[], int]) -> Batches:
+    """Epochs over a torch ``DataLoader`` of ``(x, y)`` in input units (one-hot labels accepted).
+
+    A sampler with ``set_epoch`` (``DistributedSampler``) is told the zero-based epoch ``epoch()``
+    before each epoch, so shuffles differ between epochs and a resumed run gets the epochs it
+    missed. Under ``torch.distributed`` each rank's loader yields its own batches (give it a
+    ``DistributedSampler``); every rank must yield the same number of batches of the same sizes,
+    and each local batch draws its random starts and augmentation as its slice of the global batch
+    (:func:`~art_generalist.global_draws.local_batch`).
+    """
+    sampler = _sampler(loader)
+    if distributed.active():
+        distributed.check_loader(len(loader), hasattr(sampler, "set_epoch"))
+
     def batches() -> Iterator[Batch]:
-        for xb, yb in loader:
-            xb = xb.to(device, torch.float32, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            if yb.dim() == 2 and yb.shape[1] == nb_classes:
-                yb = yb.argmax(1)
-            yield space.to_unit(xb), yb.reshape(-1).long()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch())
+        try:
+            for xb, yb in loader:
+                xb = xb.to(device, torch.float32, non_blocking=True)
+                yb = yb.to(device, non_blocking=True)
+                if yb.dim() == 2 and yb.shape[1] == nb_classes:
+                    yb = yb.argmax(1)
+                local_batch(len(xb))
+                yield space.to_unit(xb), yb.reshape(-1).long()
+        finally:
+            clear_shard()
     return batches

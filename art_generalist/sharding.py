@@ -1,0 +1,47 @@
+"""Attack batches shared out across ranks, results gathered on every rank.
+
+Under ``torch.distributed`` (:mod:`art_generalist.distributed`) evaluation and validation split
+the *attack batches* of the single-process run across the ranks (batch ``k`` on rank
+``k mod world_size``) and gather the per-example results. The batches are exactly those of one
+process, and every rank still consumes the random draws of the batches it skips, so each point
+gets the random start it gets in one process and the gathered report equals the single-process
+report bit for bit (timings and the count of forward calls aside: each rank counts its own). In
+one process :func:`owns` is always true and
+:func:`gather` returns its argument: nothing changes.
+
+:func:`gather` sums over the ranks a tensor that only the owner of each entry filled (the other
+ranks leave zeros there). ``x + 0 = x`` exactly in floating point, so the gathered values are the
+owner's bits; per-batch partial sums are gathered as rows and added up afterwards in batch order,
+as one process adds them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from art_generalist.distributed import active, world
+
+__all__ = ["owns", "gather", "batch_starts"]
+
+
+def owns(batch: int) -> bool:
+    """Whether this rank runs attack batch number ``batch`` (always, in one process)."""
+    rank, size = world()
+    return batch % size == rank
+
+
+def batch_starts(n: int, batch_size: int) -> range:
+    """The first index of each batch of ``n`` points in batches of ``batch_size``."""
+    return range(0, n, batch_size)
+
+
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's entries of ``t`` (zeros where another rank owns them) merged on every rank."""
+    if not active():
+        return t
+    device = t.device
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    merged = t.to(torch.uint8) if t.dtype == torch.bool else t.clone()
+    dist.all_reduce(merged)
+    return (merged.bool() if t.dtype == torch.bool else merged).to(device)
