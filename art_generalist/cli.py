@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from art_generalist import distributed
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark.fronts import FRONT_METHODS
 from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_fronts, format_table
@@ -114,7 +115,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    return {"benchmark": _benchmark, "train": _train, "evaluate": _evaluate}[args.command](args)
+    joined = not distributed.active()
+    args.device = distributed.init_from_env(args.device)  # under torchrun: join the process group
+    joined = joined and distributed.active()
+    if not distributed.is_main_process():  # rank 0 prints, writes and logs; the others only compute
+        logging.getLogger("art_generalist").setLevel(logging.WARNING)
+        args.quiet = True
+    try:
+        return {"benchmark": _benchmark, "train": _train, "evaluate": _evaluate}[args.command](args)
+    finally:
+        if joined:
+            distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (everywhere in one process)."""
+    if distributed.is_main_process():
+        print(text)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -131,11 +149,11 @@ def _benchmark(args: argparse.Namespace) -> int:
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
                           resume=args.resume, paper_metrics=args.paper_metrics)
     results = run_benchmark(cfg)
-    print(format_table(results["rows"]))
-    print(format_fronts(results["fronts"]))
+    _say(format_table(results["rows"]))
+    _say(format_fronts(results["fronts"]))
     if args.paper_metrics:
-        print(format_paper_table(results["rows"]))
-    print(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
+        _say(format_paper_table(results["rows"]))
+    _say(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
     return 0
 
 
@@ -162,9 +180,10 @@ def _train(args: argparse.Namespace) -> int:
                           checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
                           resume=args.resume)
     weights, meta = trainer.export(out / "model.safetensors")
-    (out / "history.json").write_text(json.dumps(history, indent=2, default=str) + "\n", encoding="utf-8")
+    if distributed.is_main_process():
+        (out / "history.json").write_text(json.dumps(history, indent=2, default=str) + "\n", encoding="utf-8")
     last = history[-1]
-    print(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
+    _say(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
           f"PGD {last.get('val_pgd_acc')}; wrote {weights} and {meta}")
     return 0
 
@@ -184,8 +203,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                       aa_version=args.aa_version, pgd_steps=args.pgd_steps, seed=args.seed, device=args.device,
                       checks=None if args.checks == "none" else args.checks, model_name=str(args.model_path),
                       progress=not args.quiet)
-    print(report.summary())
-    if args.out:
+    _say(report.summary())
+    if args.out and distributed.is_main_process():
         report.to_json(args.out)
     return 0 if report.reliable else 1
 

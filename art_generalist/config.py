@@ -72,9 +72,14 @@ class RuntimeOptions(Options):
         "auto", "channels_last", 'channels_last memory format for the models and their 4-D inputs; `"auto"` turns '
         "it on for image classifiers (same arithmetic, faster convolutions and pooling on CPU)", '`"auto"`')
     verbose: bool = option(True, "verbose", "tqdm bars per epoch and per batch")
+    sync_batchnorm: bool = option(
+        False, "sync_batchnorm", "under torch.distributed on CUDA: BatchNorm statistics of the training forward "
+        "passes over the global batch (torch's SyncBatchNorm) instead of each rank's slice")
 
     def __post_init__(self) -> None:
         check_int(self.val_max_iter, "val_max_iter", 0)
+        if not isinstance(self.sync_batchnorm, bool):
+            raise ValueError(f"`sync_batchnorm` must be True or False, got {self.sync_batchnorm!r}.")
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             raise ValueError(f"`channels_last` must be True, False or 'auto', got {self.channels_last!r}.")
 

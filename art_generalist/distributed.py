@@ -73,6 +73,45 @@ def _reduce_device() -> torch.device:
     return torch.device("cpu")
 
 
+def init_from_env(device: str) -> str:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1):
+    NCCL with one GPU per process (``LOCAL_RANK``) when ``device`` is CUDA, gloo otherwise.
+    Returns the device this process uses (``device`` itself outside ``torchrun``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = f"cuda:{torch.cuda.current_device()}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    logger.info("rank %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
+    return device
+
+
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (``t`` itself in one process); bool tensors included."""
+    if not active():
+        return t
+    work = t.to(torch.uint8) if t.dtype == torch.bool else t.clone()
+    if dist.get_backend() == "nccl" and not work.is_cuda:
+        work = work.cuda()
+    dist.broadcast(work, src=0)
+    return (work.bool() if t.dtype == torch.bool else work).to(t.device)
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (no-op in one process): for models trained
+    outside the package's data-parallel loop (ART's own trainers), before sharded evaluation."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            work = t.data if dist.get_backend() != "nccl" or t.is_cuda else t.data.cuda()
+            dist.broadcast(work, src=0)
+            if work is not t.data:
+                t.data.copy_(work)
+
+
 # -- sharding the global batches of fit(x, y) --------------------------------------------------------
 def check_arrays(n: int, batch_size: int, nb_batches: int, shuffle: bool) -> None:
     """Refuse what data-parallel ``fit(x, y)`` cannot split evenly, or ranks that disagree.
@@ -204,6 +243,21 @@ def check_in_sync(trainer: Any) -> None:
     logger.debug("ranks in sync (%s)", digest[:12])
 
 
+def _sync_batchnorm(models: list[nn.Module]) -> None:
+    """Swap the BatchNorm layers of the learners' models for ``SyncBatchNorm`` in place (same
+    parameters and buffers, so optimizers and EMAs are unaffected). torch's SyncBatchNorm
+    synchronises only train-mode forward passes, so the attacks (eval mode) do not communicate."""
+    for model in models:
+        if isinstance(model, nn.modules.batchnorm._BatchNorm):
+            raise ValueError("sync_batchnorm: the model itself is a BatchNorm layer; wrap it in a module.")
+        params = next(iter(model.parameters()), None)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_bn and (params is None or params.device.type != "cuda"):
+            raise ValueError("sync_batchnorm needs the model on CUDA: torch's SyncBatchNorm refuses CPU tensors. "
+                             "On CPUs each rank normalises its own slice of the global batch (see the README).")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def attach(trainer: Any, debug_sync: Optional[bool] = None) -> None:
     """Make ``trainer`` data-parallel when a process group of more than one rank is initialised
     (called by ``fit``; a no-op otherwise, or when it is already attached)."""
@@ -214,6 +268,8 @@ def attach(trainer: Any, debug_sync: Optional[bool] = None) -> None:
         raise ValueError("The classifier's model is an nn.DataParallel, which cannot be mixed with data-parallel "
                          "training across processes: pass the plain module (`model.module`).")
     if not any(isinstance(p, DataParallel) for p in trainer.plugins.runtime):
+        if getattr(getattr(trainer, "runtime", None), "sync_batchnorm", False):
+            _sync_batchnorm([lrn.model for lrn in trainer._learners()])
         trainer.plugins.attach(DataParallel(debug_sync))
         rank, size = world()
         if rank != 0:  # the other ranks keep warnings and errors only

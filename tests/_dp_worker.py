@@ -21,6 +21,7 @@ from art_generalist import GeneralistTrainer, SingleLearnerTrainer  # noqa: E402
 from art_generalist.augment import random_crop_flip  # noqa: E402
 from art_generalist.data import load_dataset  # noqa: E402
 from art_generalist.distributed import check_in_sync  # noqa: E402
+from art_generalist.sparse import FlyingBird  # noqa: E402
 from tests.conftest import make_classifier, tiny_net  # noqa: E402
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
@@ -47,16 +48,18 @@ def record_shards(trainer, seen: list) -> None:
         lrn.step = lambda u, y, step=step: (seen.append(len(u)), step(u, y))[1]
 
 
-def fit_run(kind: str, bn: bool, out: Path, rank: int, n: int = 128, nb_epochs: int = 2, **fit) -> dict:
+def fit_run(kind: str, bn: bool, out: Path, rank: int, n: int = 128, nb_epochs: int = 2, trainer_kw=None,
+            **fit) -> dict:
     data = load_dataset("digits")
     torch.manual_seed(0)
-    trainer = build(kind, bn, augment=augment)
+    trainer = build(kind, bn, augment=augment, **(trainer_kw or {}))
     seen, saved = [], []
     record_shards(trainer, seen)
     save = trainer.save_checkpoint
     trainer.save_checkpoint = lambda path: (saved.append(Path(path).name), save(path))[1]
     history = trainer.fit(data.x_train[:n], data.y_train[:n], nb_epochs=nb_epochs, batch_size=32, **fit)
-    return {"models": trainer.state_dict()["models"], "seen": seen, "saved": saved, "history": history}
+    return {"models": trainer.state_dict()["models"], "seen": seen, "saved": saved, "history": history,
+            "plugins": trainer.plugins.state_dict()}
 
 
 def step_run(kind: str, bn: bool, shuffle: bool) -> dict:
@@ -80,6 +83,11 @@ def errors() -> dict:
                         batch_size=case["batch_size"])
         except ValueError as err:
             found[name] = str(err)
+    try:  # torch's SyncBatchNorm refuses CPU tensors: a clear error before any step
+        build("natural", True, sync_batchnorm=True).fit(data.x_train[:64], data.y_train[:64], nb_epochs=1,
+                                                         batch_size=32)
+    except ValueError as err:
+        found["sync_bn"] = str(err)
     return found
 
 
@@ -160,6 +168,8 @@ def main() -> None:
         "single_fit": lambda: fit_run("pgd", True, out, rank),
         "half": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "half", stop_after=1),
         "resumed": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "half", resume=True),
+        "sparse_fit": lambda: fit_run("generalist", False, out, rank, trainer_kw={"sparsity": FlyingBird(
+            density=0.5, update_every=3)}),
         "pgd_step": lambda: step_run("pgd", False, shuffle=True),
         "natural_step": lambda: step_run("natural", False, shuffle=True),
         "generalist_step": lambda: step_run("generalist", False, shuffle=True),

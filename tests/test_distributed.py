@@ -5,6 +5,7 @@ saved with each other and with single-process runs in this process.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import socket
@@ -54,11 +55,20 @@ def ranks(tmp_path_factory):
     return (lambda name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=False) for r in range(2)]), out
 
 
-@pytest.mark.parametrize("scenario", ["generalist_fit", "single_fit", "resumed"])
+@pytest.mark.parametrize("scenario", ["generalist_fit", "single_fit", "resumed", "sparse_fit"])
 def test_every_rank_ends_with_bit_identical_weights(ranks, scenario):
     r0, r1 = ranks[0](scenario)
     _assert_identical(r0["models"], r1["models"])
     assert [h["learners"] for h in r0["history"]] == [h["learners"] for h in r1["history"]]
+
+
+def test_sparse_masks_are_the_same_on_every_rank(ranks):
+    """Flying Bird (topology updates every 3 iterations) under 2 ranks: identical masks, weights
+    zero where the masks say so, and the debug sync check (plug-in state included) passed."""
+    r0, r1 = ranks[0]("sparse_fit")
+    _assert_identical(r0["plugins"], r1["plugins"])
+    sparsity = next(v for v in r0["plugins"].values() if isinstance(v, dict) and v.get("masks"))
+    assert sparsity["updates"] and any(u["pruned"] for u in sparsity["updates"])
 
 
 def test_each_rank_trains_on_half_of_each_global_batch(ranks):
@@ -120,6 +130,7 @@ def test_misuse_gets_a_clear_error(ranks):
         assert "`batch_size`=33" in r["batch_size"] and "world size 2" in r["batch_size"]
         assert "last global batch holds 1 of the 65" in r["last_batch"] and "drop_last=True" in r["last_batch"]
         assert "same data length" in r["length"] and "len(x)=6" in r["length"]
+        assert "sync_batchnorm needs the model on CUDA" in r["sync_bn"]
 
 
 def test_the_debug_sync_check_catches_ranks_out_of_sync(ranks):
@@ -192,3 +203,26 @@ def test_slice_draws_equal_the_global_batch_draws():
             part = fn(u[4:], y[4:])
         assert torch.allclose(part, full[4:], atol=1e-6), name
         assert torch.equal(torch.get_rng_state(), after_full), name
+
+
+def test_the_cli_trains_under_torchrun_like_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m art_generalist train ...`: rank 0 alone prints and writes,
+    and the exported model equals the single-process one (no BatchNorm ghost effects in digits_net)."""
+    from safetensors.torch import load_file
+
+    from art_generalist.cli import main
+
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--n-train", "256", "--n-val", "64", "--batch-size",
+            "32", "--max-iter", "2", "--threads", "1", "--quiet"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+              "-m", "art_generalist", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ,
+                          "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("trained generalist for 2 epochs") == 1
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    two, one = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert two.keys() == one.keys()
+    assert max((two[k].double() - one[k].double()).abs().max().item() for k in one) < 1e-5
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
+        "checkpoint-epoch00001.pt", "checkpoint-epoch00002.pt"]

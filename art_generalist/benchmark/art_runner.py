@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 import torch
 
-from art_generalist import estimators
+from art_generalist import distributed, estimators
 from art_generalist.attacks import InputSpace, ThreatModel
 from art_generalist.inputs import check_x, check_y
 from art_generalist.schedules import OFFICIAL_LR, Schedule
@@ -129,6 +129,7 @@ class ARTTrainerRun:
                     group["lr"] = base * factor
                 self.trainer.fit(x if idx is None else x[idx], y if idx is None else y[idx], nb_epochs=1,
                                  batch_size=batch_size)
+            distributed.broadcast_module(self.classifier.model)  # ART trains each rank alone: keep rank 0's
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start, "examples": len(x),
                                       "lr": self.classifier.optimizer.param_groups[0]["lr"]}
             if val is not None:
@@ -137,12 +138,13 @@ class ARTTrainerRun:
                 self.track_best.offer(record, self.classifier.model)
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
-            if path is not None:
+            if path is not None and distributed.is_main_process():  # rank 0 writes under torch.distributed
                 atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method,
                              "model": self.classifier.model.state_dict(),
                              "optimizer": self.classifier.optimizer.state_dict(), "history": self.history,
                              "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states(),
                              "track_best": self.track_best.state_dict() if self.track_best is not None else None}, path)
+            distributed.barrier()
             if stop_after is not None and stop_after <= epoch < nb_epochs:
                 break
         return self.history

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from art_generalist import distributed
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark import fronts
 from art_generalist.benchmark import sparse as paper
@@ -269,7 +270,9 @@ def format_fronts(verdict: dict) -> str:
 
 
 def write_results(out: Path, results: dict) -> None:
-    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out``."""
+    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out`` (rank 0 under torch.distributed)."""
+    if not distributed.is_main_process():
+        return
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     cfg = results["config"]
     md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from art_generalist import distributed
 from art_generalist.options import check_int
 from art_generalist.plugins import Batch, Plugin
 from art_generalist.sparse.flops import SparseFlops
@@ -163,7 +164,11 @@ class SparsityPlugin(Plugin):
         self.apply_all()
 
     def apply_all(self) -> None:
-        """Zero the masked weights of every model and the masked optimizer state of every learner."""
+        """Zero the masked weights of every model and the masked optimizer state of every learner.
+        Under torch.distributed every rank takes rank 0's masks first, so all prune the same weights."""
+        if distributed.active():
+            for name in list(self.masks):
+                self.masks[name] = distributed.broadcast_tensor(self.masks[name])
         for model in self._models:
             self.masks.apply_(model)
         for lrn in self._learners:

@@ -165,4 +165,7 @@ class TrainerState:
             "plugins": self.plugins.export_metadata(), "report": report,
         }
         state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-        return save_safetensors(state, metadata, path)
+        if is_main_process():  # under torch.distributed rank 0 writes, the others wait for it
+            save_safetensors(state, metadata, path)
+        barrier()
+        return Path(path), Path(path).with_suffix(".json")

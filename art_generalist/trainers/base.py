@@ -71,7 +71,7 @@ class TensorTrainer(TrainerState, Trainer):
     :param plugins: :class:`~art_generalist.plugins.Plugin` instances.
     :param sparsity: a sparse-training plug-in (``FlyingBird``, ``FlyingBirdPlus`` or ``RobustBird``
         from :mod:`art_generalist.sparse`), appended to ``plugins``; see :meth:`sparsity_report`.
-    :param runtime: ``val_max_iter``, ``augment``, ``amp``, ``channels_last``, ``verbose``
+    :param runtime: ``val_max_iter``, ``augment``, ``amp``, ``channels_last``, ``verbose``, ``sync_batchnorm``
         (:class:`~art_generalist.config.RuntimeOptions`).
     """
 
