@@ -1,6 +1,6 @@
 """Subprocess worker for the data-parallel tests: one rank of a gloo process group on localhost.
 
-    python tests/_dp_worker.py RANK WORLD_SIZE PORT OUT_DIR
+    python tests/_dp_worker.py RANK WORLD_SIZE PORT OUT_DIR [killed | after_kill]
 
 Runs every scenario of :data:`SCENARIOS` in one process group and saves, per scenario, what the
 tests compare to ``OUT_DIR/<scenario>-rank<RANK>.pt``.
@@ -157,12 +157,42 @@ def loader_run(epochs: int = 2) -> dict:
     return {"models": trainer.state_dict()["models"], "seen": seen, "orders": orders, "history": history}
 
 
+KILL_AT_STEP = 6  # of the robust learner: mid-way through epoch 2 of 4 steps each
+
+
+def killed_run(out: Path, rank: int) -> None:
+    """The run of ``generalist_fit`` that dies (``os._exit``, no clean-up) at step 6, mid-epoch 2."""
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    trainer = build("generalist", True, augment=augment)
+    learner = trainer.learners[0]
+    step, count = learner.step, [0]
+
+    def step_or_die(u, y):
+        count[0] += 1
+        if count[0] == KILL_AT_STEP:
+            os._exit(137)
+        return step(u, y)
+    learner.step = step_or_die
+    trainer.fit(data.x_train[:128], data.y_train[:128], nb_epochs=2, batch_size=32, checkpoint_dir=out / "killed")
+
+
 def main() -> None:
     rank, size, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+    mode = sys.argv[5] if len(sys.argv) > 5 else "scenarios"
     torch.set_num_threads(1)
     os.environ["ART_GENERALIST_DEBUG_SYNC"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
                             timeout=timedelta(seconds=60))
+    if mode == "killed":
+        killed_run(out, rank)
+        raise SystemExit("the kill did not happen")
+    if mode == "after_kill":
+        result = fit_run("generalist", True, out, rank, checkpoint_dir=out / "killed", resume=True)
+        torch.save(result, out / f"after_kill-rank{rank}.pt")
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     results = {
         "generalist_fit": lambda: fit_run("generalist", True, out, rank, checkpoint_dir=out / "ckpt"),
         "single_fit": lambda: fit_run("pgd", True, out, rank),

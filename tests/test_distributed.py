@@ -32,12 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    """Launch 2 ranks once; returns ``load(scenario) -> [rank 0's result, rank 1's]`` and the output dir."""
-    out = tmp_path_factory.mktemp("dp")
+def _launch(out: pathlib.Path, *mode: str) -> tuple[list[int], list[str]]:
+    """Run 2 ranks of the worker to the end; (return codes, logs)."""
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", port, str(out)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", port, str(out), *mode], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(2)]
     logs = []
     try:
@@ -50,7 +48,15 @@ def ranks(tmp_path_factory):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    if any(p.returncode != 0 for p in procs):
+    return [p.returncode for p in procs], logs
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Launch 2 ranks once; returns ``load(scenario) -> [rank 0's result, rank 1's]`` and the output dir."""
+    out = tmp_path_factory.mktemp("dp")
+    codes, logs = _launch(out)
+    if any(codes):
         pytest.fail("a data-parallel rank failed:\n" + "\n".join(log[-3000:] for log in logs))
     return (lambda name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=False) for r in range(2)]), out
 
@@ -92,6 +98,23 @@ def test_two_ranks_resume_bit_identically_and_one_process_resumes_their_checkpoi
     history = trainer.fit(digits.x_train[:128], digits.y_train[:128], nb_epochs=2, batch_size=32,
                           checkpoint_dir=tmp_path / "half", resume=True)
     assert [h["epoch"] for h in history] == [1, 2] and trainer.progress.epoch == 2
+
+
+def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(ranks):
+    """Both ranks die abruptly (os._exit, as under SIGKILL) in the middle of epoch 2; relaunched
+    with resume, they continue from rank 0's epoch-1 checkpoint and end bit-identical to the
+    uninterrupted 2-rank run."""
+    out = ranks[1]
+    codes, logs = _launch(out, "killed")
+    assert codes == [137, 137], "\n".join(log[-2000:] for log in logs)
+    assert sorted(p.name for p in (out / "killed").iterdir()) == ["checkpoint-epoch00001.pt"]
+    codes, logs = _launch(out, "after_kill")
+    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
+    full = ranks[0]("generalist_fit")[0]
+    for r in range(2):
+        resumed = torch.load(out / f"after_kill-rank{r}.pt", weights_only=False)
+        assert [h["epoch"] for h in resumed["history"]] == [1, 2]  # epoch 1 restored from the checkpoint
+        _assert_identical(full["models"], resumed["models"])
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -197,7 +197,7 @@ def pgd(space: nn.Module, u: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
                 bar.update(1)
     restart_robust, traces = gather(restart_robust), gather(traces)
     batch_stats, nonfinite = gather(batch_stats), gather(nonfinite)
-    trace, ce_trace = torch.zeros(steps + 1, dtype=torch.float64, device=dev), torch.zeros_like(traces[0, 0])
+    trace, ce_trace = (torch.zeros(steps + 1, dtype=torch.float64, device=dev) for _ in range(2))
     stats = PerturbationStats()
     for row in range(n_rows):  # in the single-process order, so the sums are the same bits
         trace += traces[row, 0]
