@@ -94,3 +94,31 @@ def test_benchmark_paper_metrics_tiny(tmp_path, capsys):
     art, sparse = reports["art_madry"]["paper"], reports["flying_bird"]["paper"]
     assert art["flops"]["training"] > sparse["flops"]["training"] > 0
     assert (out / "sparse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transfer_reproduction_end_to_end_tiny(tmp_path, capsys, monkeypatch):
+    """`art-generalist transfer`: sources at two eps plus a Generalist source, both modes, two
+    seeds; table, figure and per-run log; a rerun finds every source and run and trains nothing."""
+    out = tmp_path / "transfer"
+    args = ["transfer", "--source-dataset", "digits", "--target-dataset", "digits", "--model", "digits_net",
+            "--source-eps", "0,0.1", "--generalist-eps", "0.1", "--source-epochs", "1", "--source-n-train", "256",
+            "--max-iter", "2", "--target-n-train", "192", "--target-epochs", "1", "--seeds", "0,1", "--n-eval", "40",
+            "--pgd-steps", "3", "--quiet", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| fixed-feature |") == 3 and printed.count("| full |") == 3
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 3 * 2 * 2
+    assert {(r["method"], r["source_eps"]) for r in results["rows"]} == {
+        ("standard", 0.0), ("pgd_at", 0.1), ("generalist", 0.1)}
+    for run in results["runs"]:
+        assert run["robust"] <= run["clean"] and run["best_lr"] in (0.01, 0.001) and run["reliable"]
+    assert sorted(p.name for p in (out / "sources").glob("*.safetensors")) == [
+        "generalist_eps0.1.safetensors", "pgd_at_eps0.1.safetensors", "standard_eps0.safetensors"]
+    assert (out / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 12
+
+    import art_generalist.transfer.experiment as experiment
+    monkeypatch.setattr(experiment, "transfer_once", lambda *a, **k: pytest.fail("a finished run was redone"))
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
