@@ -68,6 +68,7 @@ class BenchmarkConfig:
     generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
     resume: bool = False  # keep the finished methods of `out`, resume the others from their checkpoints
     paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse)
+    sparse_init: str = "igq"  # layer densities of Flying Bird(+): igq (official), erk or uniform
 
     def __post_init__(self) -> None:
         for method in self.methods:
