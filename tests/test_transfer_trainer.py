@@ -99,3 +99,42 @@ def test_bad_arguments(madry_checkpoint):
         TransferTrainer(_user_classifier(madry_checkpoint, input_shape=(1, 16, 16)))
     with pytest.raises(ValueError, match="no validation or no training"):
         TransferTrainer(clf, validation_split=0.01).fit(np.zeros((10, 3, 16, 16), np.float32), np.zeros(10, int))
+
+
+def test_an_interrupted_grid_resumes_to_the_uninterrupted_weights(madry_checkpoint, data, tmp_path):
+    """Every grid point trains from the trainer's seed, so a run stopped after epoch 1 of each lr and
+    resumed from its checkpoints ends bit-identical to an uninterrupted one, and picks the same lr;
+    the caller's global RNG is left as it was."""
+    def run(checkpoint_dir, **fit):
+        torch.manual_seed(0)  # the new head's initial weights
+        trainer = TransferTrainer(_user_classifier(madry_checkpoint), mode="full", seed=7, validation_split=0.25)
+        state = torch.get_rng_state()
+        trainer.fit(*data, nb_epochs=3, batch_size=8, checkpoint_dir=checkpoint_dir, **fit)
+        assert torch.equal(torch.get_rng_state(), state)
+        return trainer
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "cut", stop_after=1)
+    resumed = run(tmp_path / "cut", resume=True)
+    assert resumed.best_lr == full.best_lr and resumed.val_scores == full.val_scores
+    for lr in full.lr_grid:
+        a, b = full.trainers[lr].state_dict()["models"], resumed.trainers[lr].state_dict()["models"]
+        assert all(torch.equal(v, b["global"][k]) for k, v in a["global"].items())
+    assert TransferTrainer(_user_classifier(madry_checkpoint)).seed != TransferTrainer(
+        _user_classifier(madry_checkpoint)).seed  # drawn from the global RNG when not given
+
+
+def test_every_grid_point_sees_the_same_shuffles(madry_checkpoint, data):
+    orders = {}
+    trainer = TransferTrainer(_user_classifier(madry_checkpoint), lr_grid=(0.01, 0.001), seed=3,
+                              validation_split=0.25)
+    original = trainer._make
+
+    def recording(lr):
+        inner = original(lr)
+        step = inner.learner.step
+        inner.learner.step = lambda u, y, lr=lr: (orders.setdefault(lr, []).append(y.tolist()), step(u, y))[1]
+        return inner
+    trainer._make = recording
+    trainer.fit(*data, nb_epochs=2, batch_size=8)
+    assert orders[0.01] == orders[0.001] and len(orders[0.01]) == 4

@@ -63,7 +63,10 @@ class TransferTrainer(Trainer):
     :param momentum, weight_decay, step_epochs, gamma: SGD and the step schedule.
     :param validation_split: fraction of the training data held out for the lr selection when
         ``fit`` gets no ``validation_data`` (never test data); ``split_seed`` fixes the split.
-    :param plugins: more plug-ins for every grid point. Other keyword arguments go to
+    :param plugins: more plug-ins for every grid point.
+    :param seed: every grid point trains from this torch seed (same shuffles and random starts for
+        each lr; exact resume of any grid point); ``None`` draws it from the global RNG when the
+        trainer is built, so ``torch.manual_seed`` before it still fixes the run. Other keyword arguments go to
         :class:`~art_generalist.SingleLearnerTrainer` (``eps``, ``norm``, ``augment``, ``verbose``, ...).
     """
 
@@ -72,7 +75,7 @@ class TransferTrainer(Trainer):
                  level: Optional[int] = None, update_bn_stats: bool = False, hidden: Sequence[int] = (),
                  momentum: float = 0.9, weight_decay: float = 5e-4, step_epochs: Optional[int] = None,
                  gamma: float = 0.1, validation_split: float = 0.1, split_seed: int = 0,
-                 plugins: Optional[Sequence[Plugin]] = None, **kwargs: Any) -> None:
+                 plugins: Optional[Sequence[Plugin]] = None, seed: Optional[int] = None, **kwargs: Any) -> None:
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
         grid = tuple(lr_grid)
@@ -86,6 +89,11 @@ class TransferTrainer(Trainer):
         self.lr_grid, self.momentum, self.weight_decay = tuple(float(v) for v in grid), momentum, weight_decay
         self.schedule = StepLR(step_epochs, gamma)
         self.validation_split, self.split_seed = float(validation_split), int(split_seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be None or an int, got {seed!r}.")
+        # every grid point trains from this seed: the same shuffles and random starts for each lr (a fair
+        # selection), and a grid point's run never depends on how far the others got (exact resume)
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         self.plugins, self.kwargs = list(plugins or []), dict(kwargs)
         if objective == "natural":
             self.kwargs.setdefault("val_max_iter", 0)  # the paper reports clean accuracy
@@ -156,8 +164,10 @@ class TransferTrainer(Trainer):
             run_options = dict(options)
             if checkpoint_dir is not None:
                 run_options["checkpoint_dir"] = os.path.join(os.fspath(checkpoint_dir), f"lr_{lr:g}")
-            histories[lr] = trainer.fit(x, y, validation_data=validation_data, nb_epochs=nb_epochs,
-                                        batch_size=batch_size, **run_options)
+            with torch.random.fork_rng(devices=self._cuda_devices()):  # the caller's RNG is left as it was
+                torch.manual_seed(self.seed)
+                histories[lr] = trainer.fit(x, y, validation_data=validation_data, nb_epochs=nb_epochs,
+                                            batch_size=batch_size, **run_options)
             best = trainer.best.score if trainer.best.score is not None else None
             self.val_scores[lr] = best if best is not None else score(trainer.history[-1])
             self.trainers[lr] = trainer
@@ -167,6 +177,11 @@ class TransferTrainer(Trainer):
         self._classifier.model.eval()  # ready for inference and `art_generalist.evaluate`
         logger.info("selected lr %g on the validation data", self.best_lr)
         return histories
+
+    def _cuda_devices(self) -> list[int]:
+        device = next(self.model.parameters()).device
+        return [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
 
     @property
     def trainer(self) -> "SingleLearnerTrainer":
