@@ -13,16 +13,21 @@ import json
 from pathlib import Path
 
 from art_generalist.benchmark import fronts
-from art_generalist.benchmark.run import _epoch_ratios, format_fronts, format_table, write_results
+from art_generalist.benchmark.run import BenchmarkConfig, _epoch_ratios, format_fronts, format_table, write_results
 
 IGNORED = {"methods", "resume", "verbose", "out"}
+
+
+def _config(run: dict) -> dict:
+    """A run's configuration, with the defaults of options added after it was written."""
+    return {**json.loads(json.dumps(dict(vars(BenchmarkConfig())), default=str)), **run["config"]}
 
 
 def merge(runs: list[dict]) -> dict:
     base = runs[0]
     for other in runs[1:]:
-        differ = sorted(k for k in set(base["config"]) | set(other["config"])
-                        if k not in IGNORED and base["config"].get(k) != other["config"].get(k))
+        mine, theirs = _config(base), _config(other)
+        differ = sorted(k for k in set(mine) | set(theirs) if k not in IGNORED and mine.get(k) != theirs.get(k))
         if differ or base["n_eval"] != other["n_eval"] or base["n_train"] != other["n_train"]:
             raise SystemExit(f"The runs differ in {differ or 'their data'}; only runs of one configuration merge.")
     reports, rows, methods = {}, [], []
