@@ -16,17 +16,41 @@ as one process adds them.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.distributed as dist
 
-from art_generalist.distributed import active, world
+from art_generalist import distributed
 
-__all__ = ["owns", "gather", "batch_starts"]
+__all__ = ["owns", "gather", "batch_starts", "local_only"]
+
+_local_only = False
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Evaluate on this rank alone, whatever the process group: inside the block every attack
+    batch runs here and nothing is gathered. For code that evaluates on rank 0 only
+    (``if rank == 0: evaluate(...)``), which would otherwise wait for the other ranks forever."""
+    global _local_only
+    previous, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = previous
+
+
+def _sharding() -> bool:
+    return distributed.active() and not _local_only
 
 
 def owns(batch: int) -> bool:
     """Whether this rank runs attack batch number ``batch`` (always, in one process)."""
-    rank, size = world()
+    if not _sharding():
+        return True
+    rank, size = distributed.world()
     return batch % size == rank
 
 
@@ -37,7 +61,7 @@ def batch_starts(n: int, batch_size: int) -> range:
 
 def gather(t: torch.Tensor) -> torch.Tensor:
     """Every rank's entries of ``t`` (zeros where another rank owns them) merged on every rank."""
-    if not active():
+    if not _sharding():
         return t
     device = t.device
     if dist.get_backend() == "nccl" and device.type != "cuda":

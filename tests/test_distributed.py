@@ -17,8 +17,9 @@ import torch
 
 from art_generalist.attacks import TrainingAttack
 from art_generalist.augment import random_crop_flip
+from art_generalist.data import load_dataset
 from art_generalist.global_draws import Shard, _GlobalDraws
-from tests._dp_worker import augment, build, evaluation
+from tests._dp_worker import EVAL_POINTS, alone_evaluation, augment, build, evaluation, trained_classifier
 from tests.conftest import tiny_net
 from tests.test_checkpoint import _assert_identical, _tensors
 
@@ -183,6 +184,9 @@ def test_sharded_evaluation_and_validation_equal_one_process(ranks):
             assert got == want if isinstance(want, float) else torch.equal(got, want)
         assert torch.equal(r["after"], single["after"])
         assert _untimed(r["validate"]) == _untimed(single["validate"])
+    data = load_dataset("digits")  # rank 0 evaluating alone under `local_only`: no rank waits for another
+    alone = alone_evaluation(trained_classifier(), data.x_test[:EVAL_POINTS], data.y_test[:EVAL_POINTS])
+    assert _untimed(ranks[0]("evaluation")[0]["alone"]) == _untimed(alone)
 
 
 def test_fit_loader_with_a_distributed_sampler_trains_on_the_global_batches(ranks):
@@ -196,7 +200,6 @@ def test_fit_loader_with_a_distributed_sampler_trains_on_the_global_batches(rank
     for epoch in range(2):
         assert sorted(r0["orders"][epoch] + r1["orders"][epoch]) == list(range(128))
     assert r0["orders"][0] != r0["orders"][1]
-    from art_generalist.data import load_dataset
     data = load_dataset("digits")
     dataset = TensorDataset(torch.as_tensor(data.x_train[:128]), torch.as_tensor(data.y_train[:128]))
     one = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
