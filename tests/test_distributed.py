@@ -252,3 +252,25 @@ def test_the_cli_trains_under_torchrun_like_one_process(tmp_path):
     assert max((two[k].double() - one[k].double()).abs().max().item() for k in one) < 1e-5
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
         "checkpoint-epoch00001.pt", "checkpoint-epoch00002.pt"]
+
+
+def test_the_benchmark_under_torchrun_reports_what_one_process_reports(tmp_path):
+    """`torchrun -m art_generalist benchmark`: Generalist trains data-parallel, ART Madry on every rank
+    (rank 0's weights broadcast), the evaluation is sharded; rank 0 alone writes; the same table."""
+    from art_generalist.cli import main
+
+    args = ["benchmark", "--epochs", "5", "--n-train", "512", "--n-val", "64", "--n-eval", "40", "--max-iter", "2",
+            "--aa-version", "apgd-ce", "--pgd-steps", "3", "--batch-size", "64", "--methods", "generalist,art_madry",
+            "--quiet", "--threads", "1", "--no-base-learners"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+              "-m", "art_generalist", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=2 * TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    import json
+    two, one = (json.loads((tmp_path / d / "results.json").read_text())["rows"] for d in ("two", "one"))
+    keys = ("method", "clean", "pgd", "autoattack", "worst_case", "reliable")
+    assert [{k: r[k] for k in keys} for r in two] == [{k: r[k] for k in keys} for r in one]
+    assert one[0]["clean"] > 0.3  # trained, so the comparison means something
