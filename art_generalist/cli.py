@@ -101,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--sparse-init", default="igq", choices=["igq", "erk", "uniform"],
                    help="layer densities of Flying Bird(+): igq (the official default) keeps small layers denser, "
                         "which on SmallCNN leaves 57%% of the dense FLOPs at density 0.2; erk 21%%")
+    b.add_argument("--sparse-init-scale", default="auto", choices=["auto", "none", "fan_in"],
+                   help="Flying Bird(+)'s initial rescale of the kept weights: fan_in restores each unit's dense "
+                        "scale, none is the official start, auto (default) is fan_in on models without "
+                        "normalisation layers")
     b.add_argument("--fronts", action="store_true",
                    help=f"trade-off fronts: --methods {','.join(FRONT_METHODS)}")
     b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
@@ -179,7 +183,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                           device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
-                          resume=args.resume, paper_metrics=args.paper_metrics, sparse_init=args.sparse_init)
+                          resume=args.resume, paper_metrics=args.paper_metrics, sparse_init=args.sparse_init,
+                          sparse_init_scale=args.sparse_init_scale)
     results = run_benchmark(cfg)
     _say(format_table(results["rows"]))
     _say(format_fronts(results["fronts"]))

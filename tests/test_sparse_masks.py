@@ -90,6 +90,32 @@ def test_apply_zeroes_masked_weights_only():
             assert torch.equal(value, before[name])
 
 
+def test_rescale_fan_in_restores_each_units_scale_by_hand():
+    model = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.arange(1.0, 13.0).view(3, 4))
+    keep = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)  # 4, 1 and 0 kept of 4
+    masks = Masks({"weight": keep})
+    masks.rescale_fan_in_(model)
+    expected = torch.tensor([[1.0, 2, 3, 4], [5 * 2.0, 0, 0, 0], [0, 0, 0, 0]])  # sqrt(4/4), sqrt(4/1), unit left 0
+    assert torch.equal(model.weight.detach(), expected)
+
+
+def test_rescale_fan_in_brings_a_sparse_layer_back_to_the_dense_output_scale():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, bias=False)
+    x = torch.randn(32, 64, 8, 8)
+    dense = conv(x).std().item()
+    masks = Masks.from_densities(conv, {"weight": 0.1}, gen())
+    masks.apply_(conv)
+    assert conv(x).std().item() < 0.4 * dense  # about sqrt(0.1) of it
+    torch.manual_seed(0)
+    conv2 = nn.Conv2d(64, 64, 3, bias=False)  # the same initial weights
+    masks.rescale_fan_in_(conv2)
+    assert conv2(x).std().item() == pytest.approx(dense, rel=0.1)
+    assert float(conv2.weight.detach()[~masks["weight"]].abs().sum()) == 0.0
+
+
 # -- optimizer steps ------------------------------------------------------------------------------
 def _train(model, masks, optimizer, apply: bool, apply_optimizer: bool, steps: int = 5):
     torch.manual_seed(1)

@@ -174,3 +174,26 @@ def test_bad_sparsity_and_settings_are_refused():
     with pytest.raises(ValueError, match="no sparsity plug-in"):
         SingleLearnerTrainer(make_classifier(), **FAST).sparsity_report()
     assert issubclass(FlyingBirdPlus, SparsityPlugin)
+
+
+def test_fan_in_init_scale_rescales_every_model_alike_and_is_a_setting(small):
+    dense = tiny_net(0)
+    plugin = FlyingBird(density=0.2, init_scale="fan_in")
+    trainer = GeneralistTrainer(make_classifier(tiny_net(0)), sparsity=plugin, **FAST)
+    models = [s.model for s in trainer._models().values()]
+    for name, mask in plugin.masks.items():
+        kept = mask.flatten(1).sum(1).clamp_min(1)
+        scale = (mask[0].numel() / kept).sqrt().view(-1, *([1] * (mask.dim() - 1)))
+        want = (dict(dense.named_parameters())[name].detach() * scale).masked_fill(~mask, 0)
+        for model in models:
+            assert torch.equal(dict(model.named_parameters())[name].detach(), want)
+    assert plugin.settings()["init_scale"] == "fan_in"
+    assert "init_scale" not in FlyingBird(init_scale="none").settings()  # official: older checkpoints resume
+    auto = {bn: FlyingBird(density=0.2) for bn in (False, True)}  # the default, "auto"
+    for bn, fb in auto.items():
+        SingleLearnerTrainer(make_classifier(tiny_net(0, bn=bn)), sparsity=fb, **FAST)
+    assert auto[False].settings()["init_scale"] == "fan_in"  # no normalisation layer: rescaled
+    assert "init_scale" not in auto[True].settings()  # BatchNorm restores the scale: the official start
+    trainer.fit(*small, nb_epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match="`init_scale` must be one of"):
+        FlyingBird(init_scale="kaiming")

@@ -69,6 +69,7 @@ class BenchmarkConfig:
     resume: bool = False  # keep the finished methods of `out`, resume the others from their checkpoints
     paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse)
     sparse_init: str = "igq"  # layer densities of Flying Bird(+): igq (official), erk or uniform
+    sparse_init_scale: str = "auto"  # Flying Bird(+)'s initial rescale of the kept weights (FlyingBird.init_scale)
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -92,6 +93,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     fit = dict(validation_data=split["val"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
                checkpoint_dir=checkpoints, keep_last=1, resume=cfg.resume)
     info: dict[str, Any] = {"workarounds": []}
+    extra: dict = {}
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
     family, knob = fronts.split_method(method, METHODS)
@@ -109,7 +111,6 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
         trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration,
                                        **sparse_options)
         history = trainer.fit(*split["train"], **fit)
-        extra = {}
     else:
         trainer = ARTTrainerRun(clf, "madry" if family == "art_madry" else "trades",
                                 trades_beta=cfg.trades_beta if knob is None else knob,
@@ -119,7 +120,6 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
                               validation_data=split["val"], checkpoint_dir=checkpoints, resume=cfg.resume)
         info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
-        extra = {}
     seconds = time.perf_counter() - start
     epoch_seconds = [r["seconds"] for r in history]
     info.update(train_seconds=seconds, epoch_seconds=epoch_seconds, median_epoch_seconds=median(epoch_seconds),

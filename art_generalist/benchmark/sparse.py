@@ -52,7 +52,8 @@ def trainer_options(family: str, knob: Optional[float], cfg: Any) -> dict:
     if family in PLUGINS:
         density = DEFAULT_DENSITY if knob is None else knob
         cls = PLUGINS[family]
-        options["sparsity"] = cls(density) if cls is RobustBird else cls(density, init=cfg.sparse_init, seed=cfg.seed)
+        options["sparsity"] = (cls(density) if cls is RobustBird else
+                               cls(density, init=cfg.sparse_init, seed=cfg.seed, init_scale=cfg.sparse_init_scale))
     return options
 
 

@@ -194,6 +194,21 @@ class Masks:
             p.masked_fill_(self._inv(name), 0)
 
     @torch.no_grad()
+    def rescale_fan_in_(self, model: nn.Module) -> None:
+        """Scale each output unit's kept weights by ``sqrt(fan_in / kept fan_in)`` (masked ones are zeroed).
+
+        A random mask of density ``d`` shrinks a unit's pre-activation variance by about ``d``; this
+        restores the dense initialisation's variance unit by unit (the sparse-aware initialisation of
+        Evci et al., "Gradient Flow in Sparse Neural Networks", AAAI 2022). A unit that keeps no
+        weight is left at zero.
+        """
+        for name, p in self.check(model).items():
+            mask = self._masks[name]
+            kept = mask.flatten(1).sum(1).clamp_min(1).to(p.dtype)  # per output unit
+            scale = (mask[0].numel() / kept).sqrt().view(-1, *([1] * (p.dim() - 1)))
+            p.mul_(scale).masked_fill_(self._inv(name), 0)
+
+    @torch.no_grad()
     def apply_to_optimizer_(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         """Zero the masked entries of the optimizer state of each masked parameter, found by identity.
 
