@@ -20,15 +20,16 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from art_generalist import distributed
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark import fronts
 from art_generalist.benchmark import sparse as paper
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
+from art_generalist.benchmark.report import _epoch_ratios, format_fronts, format_table, write_results  # noqa: F401
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.models import default_model, get_model
 from art_generalist.objectives import TRADES
+from art_generalist.schedules import OFFICIAL_LR, resolve_schedule
 from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class BenchmarkConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     trades_beta: float = 6.0
+    lr_schedule: str = "official"  # every method's lr factor: official, multistep (sparse paper's), constant
     per_iteration_schedules: bool = False  # lr (and Generalist's β) at fractional epochs, for every method
     art_lr_chunks: int = 20  # ART's fit calls per epoch under per-iteration schedules (see chunked_lr)
     base_learners: bool = True  # also evaluate Generalist's base learners (their EMA teachers)
@@ -80,6 +82,7 @@ class BenchmarkConfig:
             raise ValueError(f"`methods` must be distinct, got {list(self.methods)}.")
         if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1 or self.art_lr_chunks < 1:
             raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
+        resolve_schedule(self.lr_schedule, "lr_schedule", OFFICIAL_LR)  # raises on an unknown name
         paper.check_config(self)
 
 
@@ -95,7 +98,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     info: dict[str, Any] = {"workarounds": []}
     extra: dict = {}
     start = time.perf_counter()
-    per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules)
+    per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules, lr_schedule=cfg.lr_schedule)
     family, knob = fronts.split_method(method, METHODS)
     sparse_options = paper.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
     if family.startswith("generalist"):
@@ -115,6 +118,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
         trainer = ARTTrainerRun(clf, "madry" if family == "art_madry" else "trades",
                                 trades_beta=cfg.trades_beta if knob is None else knob,
                                 verbose=cfg.verbose, seed=cfg.seed,
+                                lr_schedule=resolve_schedule(cfg.lr_schedule, "lr_schedule", OFFICIAL_LR),
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
                                 track_best=paper.TrackBest() if cfg.paper_metrics else None, **budget)
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -196,14 +200,6 @@ def _finished(out: Path, cfg: BenchmarkConfig) -> tuple[list[dict], dict]:
     return rows, {m: earlier["reports"][m] for m in keep}
 
 
-def _epoch_ratios(rows: list[dict]) -> dict[str, float]:
-    """Median training seconds per epoch of each method divided by ART Madry's (same run)."""
-    madry = next((r["epoch_seconds"] for r in rows if r["method"] == "art_madry"), None)
-    if not madry:
-        return {}
-    return {r["method"]: r["epoch_seconds"] / madry for r in rows if r["epoch_seconds"] is not None}
-
-
 def _evaluate_space(space, template, x, y, cfg):
     """Evaluate a teacher (an extra model behind the same pipeline) with the same evaluation."""
     from art_generalist import estimators
@@ -232,69 +228,3 @@ def _machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def format_table(rows: list[dict]) -> str:
-    """The markdown table printed and written to results.md."""
-    def pct(v):
-        return "—" if v is None else f"{100 * v:.2f}"
-
-    def num(v, fmt):
-        return "—" if v is None else format(v, fmt)
-
-    def ci(v, n):
-        lo, hi = fronts.wilson(v, n)
-        return f"{pct(v)} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-    ratios = _epoch_ratios(rows)
-    lines = ["| method | clean [95% CI] | PGD | AutoAttack [95% CI] | worst case | dominated by | train s | s/epoch "
-             "| × ART Madry | examples/s | reliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        reliable = "yes" if r["reliable"] else "NO: " + "; ".join(r["unreliable_reasons"])
-        dominated = ", ".join(r.get("dominated_by") or []) or "—"
-        aa = ci(r["autoattack"], r["n"]) if r["autoattack"] is not None else "—"
-        lines.append(f"| {r['method']} | {ci(r['clean'], r['n'])} | {pct(r['pgd'])} | {aa} | "
-                     f"{pct(r['worst_case'])} | {dominated} | {num(r['train_seconds'], '.1f')} | "
-                     f"{num(r['epoch_seconds'], '.1f')} | {num(ratios.get(r['method']), '.2f')} | "
-                     f"{num(r['examples_per_s'], '.0f')} | {reliable} |")
-    return "\n".join(lines)
-
-
-def format_fronts(verdict: dict) -> str:
-    """One line per other family: does Generalist's front dominate it?"""
-    lines = []
-    for family, v in verdict.items():
-        lines.append(f"* vs `{family}`: Generalist's points cover {v['covered_by_generalist']} of its "
-                     f"{v['their_points']} points; it dominates {v['generalist_points_dominated_by_them']} of "
-                     f"Generalist's points; **front dominates: {'yes' if v['front_dominates'] else 'no'}**")
-    return "\n".join(lines) or "(no Generalist points, or no other method)"
-
-
-def write_results(out: Path, results: dict) -> None:
-    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out`` (rank 0 under torch.distributed)."""
-    if not distributed.is_main_process():
-        return
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    cfg = results["config"]
-    md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",
-          "", f"Training examples: {results['n_train']}; evaluated on {results['n_eval']} test points; "
-          f"AutoAttack version `{cfg['aa_version']}`; PGD-{cfg['pgd_steps']}; seed {cfg['seed']}; "
-          f"training PGD-{cfg['max_iter']} (step {cfg['eps_step']:g}); SGD lr {cfg['lr']:g}; lr schedule "
-          f"evaluated {'per iteration' if cfg['per_iteration_schedules'] else 'per epoch'}"
-          + (f"; GeneralistTrainer arguments `{json.dumps(cfg['generalist'])}`" if cfg.get("generalist") else "")
-          + ".", "",
-          "The package's trainers run image models in channels_last memory format (their default, "
-          "`channels_last=\"auto\"`); ART's trainers get the model as built. Epoch times exclude validation.", "",
-          *([] if results.get("complete") else ["**Partial results: the run has not finished.**", ""]),
-          format_table(results["rows"]), "", "Dominated: another method's point is at least as good on clean and "
-          "robust accuracy and better on one (point estimates; the intervals are Wilson 95% on the "
-          f"{results['n_eval']} points).", "", "## Fronts", "", format_fronts(results.get("fronts", {})), "",
-          "## ART workarounds applied", ""]
-    seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
-    md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
-    md += ["", *paper.paper_section(out, results), f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)",
-           ""]
-    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    fronts.plot(out / "tradeoff.png", results["rows"], f"{cfg['dataset']} ε={cfg['eps']:g}, n={results['n_eval']}: "
-                f"clean vs robust, Wilson 95% intervals", f"AutoAttack accuracy (%), {cfg['aa_version']}",
-                results["n_eval"])
