@@ -42,6 +42,9 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr-schedule", default="official", choices=["official", "multistep", "constant"],
+                   help="lr factor over the budget: official (Generalist's: 1, 1, 0.1, 0.01 linear through 0, "
+                        "E/3, 2E/3, E), multistep (x0.1 after E/2 and 3E/4, the sparse paper's), constant")
     p.add_argument("--n-train", type=int, default=None, help="training subset size (default: all)")
     p.add_argument("--n-val", type=int, default=200, help="validation points taken from the training split")
 
@@ -184,7 +187,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
                           resume=args.resume, paper_metrics=args.paper_metrics, sparse_init=args.sparse_init,
-                          sparse_init_scale=args.sparse_init_scale)
+                          sparse_init_scale=args.sparse_init_scale, lr_schedule=args.lr_schedule)
     results = run_benchmark(cfg)
     _say(format_table(results["rows"]))
     _say(format_fronts(results["fronts"]))
@@ -206,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
                       data.input_shape[-1])
     clf = build_classifier(model, data, lr=args.lr, device=args.device)
     budget = dict(eps=eps, eps_step=args.eps_step or madry_step(eps, args.max_iter), max_iter=args.max_iter,
-                  verbose=not args.quiet)
+                  verbose=not args.quiet, lr_schedule=args.lr_schedule)
     trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"
                else SingleLearnerTrainer(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
     n_val = args.n_val

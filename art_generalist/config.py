@@ -162,7 +162,8 @@ class ScheduleOptions(Options):
     """Learning rates and when schedules are read."""
 
     lr_schedule: Union[None, str, Schedule, tuple] = option(
-        "official", "lr_schedule", "(0, E/3, 2E/3, E) → (1, 1, 0.1, 0.01) × lr; `None`: constant; or a callable",
+        "official", "lr_schedule", "(0, E/3, 2E/3, E) → (1, 1, 0.1, 0.01) × lr; `\"multistep\"`: ×0.1 after E/2 "
+        "and 3E/4; `None`: constant; or a callable",
         '`"official"`')
     shared_lr: bool = option(True, "shared_lr", "every learner follows the first learner's lr (the official code "
                              "overwrites the natural lr)")

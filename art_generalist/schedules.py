@@ -13,6 +13,8 @@ from typing import Callable, Sequence, Union
 #: A schedule maps (epoch, nb_epochs) to a value; epoch may be fractional.
 Schedule = Callable[[float, int], float]
 
+_TOL = 1e-9
+
 
 class PiecewiseLinear:
     """Piecewise-linear interpolation through knots given as fractions of the epoch budget.
@@ -54,6 +56,39 @@ OFFICIAL_BETA = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, 0.4))
 OFFICIAL_LR = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 0.1, 0.01))
 
 
+class MultiStep:
+    """Step decay: factor ``gamma ** k`` after ``k`` milestones have passed (``torch``'s MultiStepLR).
+
+    Milestones are fractions of the budget (epochs when ``absolute=True``). An epoch, or a
+    fractional epoch, strictly past a milestone gets the decayed factor, so with milestones (0.5,
+    0.75) of 200 epochs the 1-based epochs 1-100 train at lr, 101-150 at lr/10 and 151-200 at
+    lr/100: the official Sparsity Winning Twice schedule (MultiStepLR at epochs 100 and 150).
+    """
+
+    def __init__(self, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, absolute: bool = False) -> None:
+        milestones = tuple(float(m) for m in milestones)
+        if any(b < a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"`milestones` must be non-decreasing, got {list(milestones)}.")
+        if not absolute and any(not 0.0 <= m <= 1.0 for m in milestones):
+            raise ValueError(f"Fractional `milestones` must lie in [0, 1], got {list(milestones)}; "
+                             "pass absolute=True for epochs.")
+        if not gamma > 0:
+            raise ValueError(f"`gamma` must be > 0, got {gamma}.")
+        self.milestones, self.gamma, self.absolute = milestones, float(gamma), absolute
+
+    def __call__(self, epoch: float, nb_epochs: int) -> float:
+        scale = 1.0 if self.absolute else float(nb_epochs)
+        passed = sum(epoch > m * scale + _TOL for m in self.milestones)
+        return self.gamma ** passed
+
+    def __repr__(self) -> str:
+        return f"MultiStep(milestones={self.milestones}, gamma={self.gamma}, absolute={self.absolute})"
+
+
+#: The learning-rate schedules known by name (besides "official" and "constant").
+NAMED_SCHEDULES = {"multistep": MultiStep()}
+
+
 def fractional_epoch(epoch: int, step: int, nb_batches: int) -> float:
     """Progress after iteration ``step`` (0-based) of 1-based ``epoch`` with ``nb_batches`` per
     epoch: the time at which per-iteration schedules are read."""
@@ -69,11 +104,14 @@ def resolve_schedule(value: Union[None, str, Schedule, Sequence[float]], name: s
                      official: PiecewiseLinear) -> Schedule:
     """Turn a user's schedule argument into a callable ``(epoch, nb_epochs) -> value``.
 
-    Accepts ``"official"``, ``None``/``"constant"`` (factor 1), a ``(knots, values)`` pair of
-    fractional knots, or any callable with that signature.
+    Accepts ``"official"``, ``None``/``"constant"`` (factor 1), ``"multistep"`` (×0.1 at 1/2 and
+    3/4 of the budget, the sparse paper's schedule), a ``(knots, values)`` pair of fractional
+    knots, or any callable with that signature.
     """
     if value == "official":
         return official
+    if isinstance(value, str) and value in NAMED_SCHEDULES:
+        return NAMED_SCHEDULES[value]
     if value is None or value == "constant":
         return constant
     if callable(value):
@@ -81,7 +119,7 @@ def resolve_schedule(value: Union[None, str, Schedule, Sequence[float]], name: s
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return PiecewiseLinear(value[0], value[1])
     raise ValueError(
-        f"`{name}` must be 'official', 'constant', None, a (knots, values) pair or a callable "
+        f"`{name}` must be 'official', 'constant', 'multistep', None, a (knots, values) pair or a callable "
         f"(epoch, nb_epochs) -> float, got {value!r}."
     )
 
@@ -126,9 +164,6 @@ def resolve_epochs(value: Union[int, float], nb_epochs: int, name: str, positive
     if not 0.0 <= value <= 1.0 or (positive and value == 0):
         raise ValueError(f"`{name}` as a fraction of the epoch budget must lie in (0, 1], got {value}.")
     return float(value) * nb_epochs
-
-
-_TOL = 1e-9
 
 
 class DistributionSchedule:

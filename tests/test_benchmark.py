@@ -204,6 +204,21 @@ def test_benchmark_shares_the_per_iteration_schedule(tmp_path):
     assert set(results["epoch_time_ratio_vs_art_madry"]) == {"generalist", "pgd_at", "art_madry"}
 
 
+def test_benchmark_shares_the_multistep_schedule(tmp_path):
+    """--lr-schedule multistep reaches every kind of trainer: lr, lr, lr/10, lr/100 over 4 epochs."""
+    cfg = BenchmarkConfig(epochs=4, n_train=64, n_val=0, n_eval=8, max_iter=1, aa_version="apgd-ce", pgd_steps=1,
+                          methods=("generalist", "pgd_at", "art_madry"), out=str(tmp_path), verbose=False,
+                          base_learners=False, lr_schedule="multistep")
+    results = run_benchmark(cfg)
+    for method, report in results["reports"].items():
+        history = report["training"]["history"]
+        lrs = [r["lr"] if method == "art_madry" else next(iter(r["learners"].values()))["lr"] for r in history]
+        assert lrs == pytest.approx([cfg.lr, cfg.lr, cfg.lr * 0.1, cfg.lr * 0.01]), method
+    assert "`multistep`" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="multistep"):
+        BenchmarkConfig(lr_schedule="step")
+
+
 def test_paired_comparison_script():
     import importlib.util
 

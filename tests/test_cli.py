@@ -44,8 +44,10 @@ def test_evaluate_exits_1_on_an_unreliable_report(tmp_path, monkeypatch):
     import art_generalist.evaluation as evaluation
 
     out = tmp_path / "run"
-    assert main(["train", "--epochs", "1", "--n-train", "64", "--n-val", "0", "--max-iter", "1",
-                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert main(["train", "--epochs", "2", "--n-train", "64", "--n-val", "0", "--max-iter", "1",
+                 "--lr-schedule", "multistep", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["learners"]["natural"]["lr"] for r in history] == pytest.approx([0.05, 0.0005])  # past E/2, 3E/4
     real = evaluation.evaluate
 
     def unreliable(*args, **kwargs):

@@ -7,8 +7,10 @@ from art_generalist.schedules import (
     OFFICIAL_BETA,
     OFFICIAL_LR,
     DistributionSchedule,
+    MultiStep,
     PiecewiseLinear,
     distribution_epochs,
+    resolve_schedule,
 )
 
 
@@ -26,6 +28,26 @@ def test_beta_scales_with_budget():
 @pytest.mark.parametrize("epoch,factor", [(1, 1.0), (40, 1.0), (60, 0.55), (80, 0.1), (120, 0.01)])
 def test_official_lr(epoch, factor):
     assert OFFICIAL_LR(epoch, 120) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (100.5, 0.1), (101, 0.1), (150, 0.1),
+                                          (150.01, 0.01), (151, 0.01), (200, 0.01)])
+def test_multistep_is_the_sparse_papers_schedule(epoch, factor):
+    """MultiStepLR(milestones=[100, 150]) of 200 epochs: 1-based epochs 1-100 at lr, 101-150 at lr/10."""
+    assert resolve_schedule("multistep", "lr_schedule", OFFICIAL_LR)(epoch, 200) == pytest.approx(factor)
+
+
+def test_multistep_scales_with_the_budget_and_validates():
+    assert [MultiStep()(e, 4) for e in (1, 2, 3, 4)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    assert MultiStep((5,), gamma=0.5, absolute=True)(6, 999) == 0.5
+    with pytest.raises(ValueError, match="non-decreasing"):
+        MultiStep((0.75, 0.5))
+    with pytest.raises(ValueError, match="lie in \\[0, 1\\]"):
+        MultiStep((0.5, 2))
+    with pytest.raises(ValueError, match="gamma"):
+        MultiStep(gamma=0)
+    with pytest.raises(ValueError, match="multistep"):
+        resolve_schedule("step", "lr_schedule", OFFICIAL_LR)
 
 
 def test_absolute_knots_and_validation():
