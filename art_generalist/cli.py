@@ -72,14 +72,19 @@ def _transfer_parser(sub: Any) -> None:
     t.add_argument("--out", default="transfer_out")
 
 
-def _generalist_options(text: str) -> dict:
-    """A JSON object of Generalist options, checked against :class:`GeneralistConfig`."""
+def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object of GeneralistTrainer options")
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _generalist_options(text: str) -> dict:
+    """A JSON object of Generalist options, checked against :class:`GeneralistConfig`."""
+    value = _json_object(text)
     try:
         GeneralistConfig.from_options(**value)
     except (TypeError, ValueError) as exc:
@@ -108,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Flying Bird(+)'s initial rescale of the kept weights: fan_in restores each unit's dense "
                         "scale, none is the official start, auto (default) is fan_in on models without "
                         "normalisation layers")
+    b.add_argument("--sparse-args", default=None, type=_json_object,
+                   help="extra plug-in arguments per sparse family as a JSON object, e.g. "
+                        "'{\"flying_bird_plus\": {\"update_threshold\": 0.75}}'")
     b.add_argument("--fronts", action="store_true",
                    help=f"trade-off fronts: --methods {','.join(FRONT_METHODS)}")
     b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
@@ -187,7 +195,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                           per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
                           base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
                           resume=args.resume, paper_metrics=args.paper_metrics, sparse_init=args.sparse_init,
-                          sparse_init_scale=args.sparse_init_scale, lr_schedule=args.lr_schedule)
+                          sparse_init_scale=args.sparse_init_scale, lr_schedule=args.lr_schedule,
+                          sparse_args=args.sparse_args or {})
     results = run_benchmark(cfg)
     _say(format_table(results["rows"]))
     _say(format_fronts(results["fronts"]))

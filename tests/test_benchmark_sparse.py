@@ -44,6 +44,21 @@ def test_sparse_method_names_parse_and_refuse_bad_densities():
     BenchmarkConfig(methods=("flying_bird@0.2",), n_val=0)  # Flying Bird itself needs no validation
 
 
+def test_sparse_args_reach_their_family_only_and_bad_ones_are_refused():
+    cfg = BenchmarkConfig(methods=("flying_bird_plus@0.2", "flying_bird@0.2", "robust_bird"), sparse_init="erk",
+                          sparse_args={"flying_bird_plus": {"update_threshold": 0.75, "epoch_range": 6},
+                                       "robust_bird": {"threshold": 0.05}})
+    fbp = paper.trainer_options("flying_bird_plus", 0.2, cfg)["sparsity"]
+    assert (fbp.update_threshold, fbp.epoch_range, fbp.init) == (0.75, 6, "erk")  # the run's settings kept
+    assert paper.trainer_options("robust_bird", None, cfg)["sparsity"].threshold == 0.05
+    assert not hasattr(paper.trainer_options("flying_bird", 0.2, cfg)["sparsity"], "update_threshold")
+    for bad, match in (({"flying_bird": {"update_threshold": 0.75}}, "sparse_args\\['flying_bird'\\]"),
+                       ({"mart": {}}, "sparse family"), ({"flying_bird_plus": 0.75}, "sparse family"),
+                       ({"flying_bird_plus": {"update_threshold": 2}}, "update_threshold")):
+        with pytest.raises(ValueError, match=match):
+            BenchmarkConfig(methods=("flying_bird_plus@0.2",), sparse_args=bad)
+
+
 def _scripted(scores):
     """A ``_validate`` whose PGD accuracies follow ``scores`` (one per epoch, per trainer)."""
     def validate(self, u, y):

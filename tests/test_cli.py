@@ -124,3 +124,13 @@ def test_transfer_reproduction_end_to_end_tiny(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(experiment, "transfer_once", lambda *a, **k: pytest.fail("a finished run was redone"))
     assert main(args) == 0
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_sparse_args_flag_parses_a_json_object():
+    from art_generalist.cli import parser
+
+    args = parser().parse_args(["benchmark", "--sparse-args", '{"flying_bird_plus": {"update_threshold": 0.75}}'])
+    assert args.sparse_args == {"flying_bird_plus": {"update_threshold": 0.75}}
+    for bad in ("[0.75]", "{not json"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["benchmark", "--sparse-args", bad])

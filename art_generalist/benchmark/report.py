@@ -67,6 +67,7 @@ def write_results(out: Path, results: dict) -> None:
           f"`{cfg.get('lr_schedule', 'official')}` evaluated "
           f"{'per iteration' if cfg['per_iteration_schedules'] else 'per epoch'}"
           + (f"; GeneralistTrainer arguments `{json.dumps(cfg['generalist'])}`" if cfg.get("generalist") else "")
+          + (f"; sparse plug-in arguments `{json.dumps(cfg['sparse_args'])}`" if cfg.get("sparse_args") else "")
           + ".", "",
           "The package's trainers run image models in channels_last memory format (their default, "
           "`channels_last=\"auto\"`); ART's trainers get the model as built. Epoch times exclude validation.", "",

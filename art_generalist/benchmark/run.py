@@ -72,6 +72,7 @@ class BenchmarkConfig:
     paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse)
     sparse_init: str = "igq"  # layer densities of Flying Bird(+): igq (official), erk or uniform
     sparse_init_scale: str = "auto"  # Flying Bird(+)'s initial rescale of the kept weights (FlyingBird.init_scale)
+    sparse_args: dict = field(default_factory=dict)  # per sparse family, extra plug-in arguments (benchmark.sparse)
 
     def __post_init__(self) -> None:
         for method in self.methods:

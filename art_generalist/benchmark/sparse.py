@@ -42,6 +42,24 @@ def check_config(cfg: Any) -> None:
     if cfg.n_val < 1 and any(m.partition("@")[0] == "flying_bird_plus" for m in cfg.methods):
         raise ValueError("flying_bird_plus needs validation data (its adaptive rules watch the validation "
                          "PGD loss): set `n_val` >= 1.")
+    for family, args in cfg.sparse_args.items():
+        if family not in PLUGINS or not isinstance(args, dict):
+            raise ValueError(f"`sparse_args` maps a sparse family ({', '.join(PLUGINS)}) to a dict of its plug-in's "
+                             f"arguments, got {family!r}: {args!r}.")
+        try:
+            make_plugin(family, None, cfg)
+        except TypeError as exc:
+            raise ValueError(f"`sparse_args[{family!r}]`: {exc}") from None
+
+
+def make_plugin(family: str, knob: Optional[float], cfg: Any) -> Any:
+    """The sparsity plug-in of a sparse method at density ``knob``, with the run's settings and
+    ``cfg.sparse_args[family]`` (e.g. ``{"flying_bird_plus": {"update_threshold": 0.75}}``) on top."""
+    density = DEFAULT_DENSITY if knob is None else knob
+    cls, extra = PLUGINS[family], dict(getattr(cfg, "sparse_args", {}).get(family, {}))
+    if cls is RobustBird:
+        return cls(density, **extra)
+    return cls(density, **{"init": cfg.sparse_init, "seed": cfg.seed, "init_scale": cfg.sparse_init_scale, **extra})
 
 
 def trainer_options(family: str, knob: Optional[float], cfg: Any) -> dict:
@@ -50,10 +68,7 @@ def trainer_options(family: str, knob: Optional[float], cfg: Any) -> dict:
     if cfg.paper_metrics:
         options["plugins"] = [TrackBest()]  # first: it sees the validated weights, before any mask update
     if family in PLUGINS:
-        density = DEFAULT_DENSITY if knob is None else knob
-        cls = PLUGINS[family]
-        options["sparsity"] = (cls(density) if cls is RobustBird else
-                               cls(density, init=cfg.sparse_init, seed=cfg.seed, init_scale=cfg.sparse_init_scale))
+        options["sparsity"] = make_plugin(family, knob, cfg)
     return options
 
 
