@@ -35,7 +35,8 @@ setup(
     ],
     entry_points={"console_scripts": ["art-generalist = art_generalist.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5"],
+        # transformers: the Hugging Face drop-in tests (a tiny ViT built from a config, no download)
+        "test": ["pytest>=7", "ruff>=0.5", "transformers"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

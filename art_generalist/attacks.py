@@ -12,6 +12,7 @@ import enum
 import math
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torchattacks
 from torch import nn
@@ -42,14 +43,18 @@ class ThreatModel(str, enum.Enum):
 
 
 class InputSpace(nn.Module):
-    """``u in [0, 1]`` -> ``model((lo + (hi - lo) * u - mean) / std)``.
+    """``u in [0, 1]`` -> ``model(processor((lo + (hi - lo) * u - mean) / std))``.
 
+    :param mean, std: scalars, per-channel ``(C,)`` statistics of channels-first images, or
+        arrays that broadcast against one example (see :func:`art_generalist.estimators.mean_std`).
+    :param processor: the ``processor`` of an ART ``HuggingFaceClassifierPyTorch`` (applied after
+        the standardisation, as ART does), or ``None``.
     :param amp: run the model under bf16 autocast (logits returned in float32).
     :param channels_last: feed 4-D inputs in channels_last memory format.
     """
 
     def __init__(self, model: nn.Module, clip_values: Sequence[float], mean, std,
-                 amp: bool = False, channels_last: bool = False) -> None:
+                 amp: bool = False, channels_last: bool = False, processor: Optional[Any] = None) -> None:
         super().__init__()
         self.model = model
         lo, hi = float(clip_values[0]), float(clip_values[1])
@@ -58,6 +63,7 @@ class InputSpace(nn.Module):
         self.register_buffer("mean", _broadcastable(mean, device), persistent=False)
         self.register_buffer("std", _broadcastable(std, device), persistent=False)
         self.amp, self.channels_last = bool(amp), bool(channels_last)
+        self.processor = processor
         self.train(model.training)  # mirror the wrapped model's mode (nn.Module defaults to train)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +74,8 @@ class InputSpace(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x = (self.from_unit(u) - self.mean) / self.std
+        if self.processor is not None:
+            x = self.processor(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.amp:
@@ -77,9 +85,11 @@ class InputSpace(nn.Module):
 
 
 def _broadcastable(value, device: torch.device) -> torch.Tensor:
-    """Per-channel statistics shaped (C, 1, 1) for image data, or a scalar."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device).flatten()
-    return t.reshape(-1, 1, 1) if t.numel() > 1 else t.reshape(())
+    """A scalar, flat per-channel statistics shaped (C, 1, 1), or an array kept in its own shape."""
+    t = torch.as_tensor(np.asarray(value, dtype=np.float32), device=device)
+    if t.numel() == 1:
+        return t.reshape(())
+    return t.reshape(-1, 1, 1) if t.dim() == 1 else t
 
 
 class TrainingAttack:

@@ -72,20 +72,27 @@ class RuntimeOptions(Options):
         "auto", "channels_last", 'channels_last memory format for the models and their 4-D inputs; `"auto"` turns '
         "it on for image classifiers (same arithmetic, faster convolutions and pooling on CPU)", '`"auto"`')
     verbose: bool = option(True, "verbose", "tqdm bars per epoch and per batch")
+    copy_classifier: bool = option(
+        False, "copy_classifier", "train a copy and leave the user's classifier untouched (`get_classifier()` is "
+        "then a new classifier); by default the classifier passed in is trained in place, as ART's trainers do")
     sync_batchnorm: bool = option(
         False, "sync_batchnorm", "under torch.distributed on CUDA: BatchNorm statistics of the training forward "
         "passes over the global batch (torch's SyncBatchNorm) instead of each rank's slice")
 
     def __post_init__(self) -> None:
         check_int(self.val_max_iter, "val_max_iter", 0)
+        if not isinstance(self.copy_classifier, bool):
+            raise ValueError(f"`copy_classifier` must be True or False, got {self.copy_classifier!r}.")
         if not isinstance(self.sync_batchnorm, bool):
             raise ValueError(f"`sync_batchnorm` must be True or False, got {self.sync_batchnorm!r}.")
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             raise ValueError(f"`channels_last` must be True, False or 'auto', got {self.channels_last!r}.")
 
-    def use_channels_last(self, input_shape: Sequence[int]) -> bool:
+    def use_channels_last(self, input_shape: Sequence[int], channels_first: bool = True) -> bool:
         """``"auto"``: channels_last for image inputs (``input_shape`` of rank 3, channels first)."""
-        return len(tuple(input_shape)) == 3 if self.channels_last == "auto" else bool(self.channels_last)
+        if self.channels_last == "auto":
+            return len(tuple(input_shape)) == 3 and bool(channels_first)
+        return bool(self.channels_last)
 
 
 # -- Generalist ---------------------------------------------------------------------------------------

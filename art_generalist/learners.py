@@ -73,7 +73,7 @@ class Learner:
 
     def __init__(self, spec: LearnerSpec, classifier: Any, space: InputSpace,
                  objective: Objective, attack: Optional[TrainingAttack], teacher: Optional[ModelEMA],
-                 schedule: Schedule, plugins: Optional[PluginList] = None) -> None:
+                 schedule: Optional[Schedule], plugins: Optional[PluginList] = None) -> None:
         if classifier.optimizer is None:
             raise ValueError(f"Base learner `{spec.name}` has no optimizer.")
         self.spec, self.name, self.classifier = spec, spec.name, classifier
@@ -81,17 +81,34 @@ class Learner:
         self.schedule, self.plugins = schedule, plugins if plugins is not None else PluginList()
         self.optimizer: torch.optim.Optimizer = classifier.optimizer
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        #: the learner's optimizer is the user's classifier's optimizer or a clone of it, so a
+        #: scheduler of that optimizer (``fit(scheduler=...)``) drives this learner's lr
+        self.from_classifier_optimizer = False
+        #: while a ``fit(scheduler=...)`` runs: the optimizer whose (scheduled) lr this learner takes
+        self.follows: Optional[torch.optim.Optimizer] = None
 
     @property
     def model(self) -> nn.Module:
         return self.space.model
 
     def scheduled_lr(self, epoch: float, nb_epochs: int) -> float:
-        """The learning rate of the first parameter group at ``epoch``."""
+        """The learning rate of the first parameter group at ``epoch`` (the optimizer's own when
+        there is no schedule, the followed optimizer's under ``fit(scheduler=...)``)."""
+        if self.follows is not None:
+            return self.follows.param_groups[0]["lr"]
+        if self.schedule is None:
+            return self.optimizer.param_groups[0]["lr"]
         return self.base_lrs[0] * self.schedule(epoch, nb_epochs)
 
     def set_lr(self, lr: float) -> None:
-        """Set every group's lr, keeping the groups' ratios to the first group."""
+        """Set every group's lr, keeping the groups' ratios to the first group; without a schedule
+        the optimizer's lr is left as it is; a followed optimizer's groups are copied one to one."""
+        if self.follows is self.optimizer or (self.follows is None and self.schedule is None):
+            return
+        if self.follows is not None and len(self.follows.param_groups) == len(self.optimizer.param_groups):
+            for group, followed in zip(self.optimizer.param_groups, self.follows.param_groups):
+                group["lr"] = followed["lr"] * lr / self.follows.param_groups[0]["lr"] if followed["lr"] else lr
+            return
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr * base / self.base_lrs[0] if self.base_lrs[0] else lr
 

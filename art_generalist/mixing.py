@@ -6,12 +6,12 @@ source with the largest weight, never interpolated. Keys and shapes must match e
 """
 from __future__ import annotations
 
-import copy as _copy
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from art_generalist.estimators import copy_model
 from art_generalist.schedules import ema_decay
 
 
@@ -110,7 +110,7 @@ class ModelEMA:
                  mixer: Optional[WeightMixer] = None, copy: bool = True) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1], got {decay}.")
-        self.module = (_copy.deepcopy(model) if copy else model).eval()
+        self.module = (copy_model(model) if copy else model).eval()
         if copy:
             for p in self.module.parameters():
                 p.requires_grad_(False)

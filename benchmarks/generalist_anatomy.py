@@ -195,7 +195,7 @@ def build_trainer(args: argparse.Namespace, data: Any) -> TensorTrainer:
     common = dict(eps=args.eps, eps_step=madry_step(args.eps, args.max_iter), max_iter=args.max_iter,
                   per_iteration_schedules=True, val_max_iter=0, verbose=False)
     if args.method == "pgd_at":
-        return SingleLearnerTrainer(clf, objective="pgd", **common)
+        return SingleLearnerTrainer(clf, objective="pgd", lr_schedule="official", **common)
     extra = {"distribute_start": NO_DISTRIBUTION} if args.no_distribution else {}
     trainer = AnatomyTrainer(clf, ema_decay=args.ema_decay,
                              beta_schedule=BETA_ONE if args.beta == "one" else "official",

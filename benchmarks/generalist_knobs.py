@@ -45,7 +45,7 @@ def main() -> None:
     budget = dict(eps=args.eps, eps_step=madry_step(args.eps, args.max_iter), max_iter=args.max_iter, verbose=False,
                   val_max_iter=0)
     if kw.pop("baseline", False):
-        trainer = SingleLearnerTrainer(clf, objective=kw.pop("objective", "pgd"), **budget)
+        trainer = SingleLearnerTrainer(clf, objective=kw.pop("objective", "pgd"), lr_schedule="official", **budget)
     else:
         if kw.pop("official_opt", False):
             kw["learners"] = LearnerSpec.official(args.lr)

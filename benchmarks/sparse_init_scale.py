@@ -58,7 +58,7 @@ def main() -> None:
             clf = build_classifier(get_model("smallcnn", 1, 10, 28), data)
             sparsity = FlyingBird(args.density, init=args.init, seed=seed, init_scale=scale)
             trainer = SingleLearnerTrainer(clf, objective="pgd", eps=args.eps, eps_step=madry_step(args.eps, 5),
-                                           max_iter=5, verbose=False, sparsity=sparsity)
+                                           max_iter=5, verbose=False, sparsity=sparsity, lr_schedule="official")
             history = trainer.fit(x_tr, y_tr, validation_data=val, nb_epochs=args.epochs, batch_size=128)
             curve = " ".join(f"{r['val_pgd_acc']:.2f}" for r in history)
             report = evaluate(trainer.get_classifier(), data.x_test, data.y_test, eps=args.eps, attacks=("pgd",),

@@ -54,7 +54,7 @@ def main() -> None:
 
     budget = dict(eps=args.eps, eps_step=eps_step, max_iter=args.max_iter)
     trainers = {"generalist": GeneralistTrainer(classifier(), **budget),
-                "pgd_at": SingleLearnerTrainer(classifier(), objective="pgd", **budget)}
+                "pgd_at": SingleLearnerTrainer(classifier(), objective="pgd", lr_schedule="official", **budget)}
     results = {}
     for name, trainer in trainers.items():
         torch.manual_seed(args.seed)

@@ -28,7 +28,8 @@ def classifier() -> PyTorchClassifier:
 
 budget = dict(eps=0.2, eps_step=0.05, max_iter=10)
 trainers = {"Generalist (global learner)": GeneralistTrainer(classifier(), **budget),
-            "PGD-AT (single learner)": SingleLearnerTrainer(classifier(), objective="pgd", **budget)}
+            "PGD-AT (single learner)": SingleLearnerTrainer(classifier(), objective="pgd", lr_schedule="official",
+                                                            **budget)}
 for trainer in trainers.values():
     torch.manual_seed(0)
     trainer.fit(x_train, y_train, validation_data=(x_val, y_val), nb_epochs=12, batch_size=64)

@@ -46,7 +46,8 @@ def test_per_iteration_schedule_of_the_single_learner_trainer(digits):
     x, y = digits.x_train[:256], digits.y_train[:256]
     lrs = {}
     for per_iteration in (False, True):
-        trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=per_iteration, **FAST)
+        trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=per_iteration,
+                                       lr_schedule="official", **FAST)
         history = trainer.fit(x, y, nb_epochs=2, batch_size=64)
         lrs[per_iteration] = [r["learners"]["pgd"]["lr"] for r in history]
         assert trainer.settings()["per_iteration_schedules"] is per_iteration
@@ -60,7 +61,8 @@ def test_per_iteration_schedule_of_the_single_learner_trainer(digits):
 
 def test_per_iteration_lr_moves_within_the_epoch(digits, monkeypatch):
     seen = []
-    trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=True, **FAST)
+    trainer = SingleLearnerTrainer(make_classifier(lr=0.1), per_iteration_schedules=True, lr_schedule="official",
+                                   **FAST)
     original = trainer.learner.step
 
     def step(u, y):

@@ -97,7 +97,7 @@ def test_mask_after_every_step_keeps_masked_weights_zero(small, cls):
 @pytest.mark.parametrize("cls", [GeneralistTrainer, SingleLearnerTrainer])
 def test_parameter_filter_freezes_the_rest(small, cls):
     user = make_classifier(tiny_net(0))
-    trainer = cls(user, plugins=[FreezeAllButHead()], **FAST)
+    trainer = cls(user, plugins=[FreezeAllButHead()], copy_classifier=True, **FAST)
     trainer.fit(*small, nb_epochs=1, batch_size=32)
     learners = trainer.learners if cls is GeneralistTrainer else [trainer.learner]
     for lrn in learners:

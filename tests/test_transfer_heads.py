@@ -97,7 +97,8 @@ def test_plugin_on_the_engine(mode):
     src = torchvision.models.resnet18(num_classes=1000)
     src = load_source(src.state_dict(), "resnet18", num_classes=3).model
     before = {k: v.clone() for k, v in src.state_dict().items()}
-    trainer = SingleLearnerTrainer(_classifier(src), objective="natural", plugins=[TransferFreeze(mode)])
+    trainer = SingleLearnerTrainer(_classifier(src), objective="natural", plugins=[TransferFreeze(mode)],
+                                   copy_classifier=True)
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 3, 16, 16), dtype=np.float32), rng.integers(0, 3, 16)
     trainer.fit(x, y, nb_epochs=1, batch_size=8)

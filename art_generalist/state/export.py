@@ -50,4 +50,5 @@ def load_exported(path: PathLike, model: Optional[nn.Module] = None, device_type
     mean, std = (preprocessing_value(np.asarray(prep[k])) for k in ("mean", "std"))
     return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(meta["input_shape"]),
                              nb_classes=meta["nb_classes"], clip_values=tuple(meta["clip_values"]),
-                             preprocessing=(mean, std), device_type=device_type)
+                             preprocessing=(mean, std), channels_first=bool(meta.get("channels_first", True)),
+                             device_type=device_type)

@@ -75,7 +75,8 @@ class TrainerState:
         return {"format_version": FORMAT_VERSION, "trainer": self._state_name(), "settings": self.settings(),
                 "models": self._model_state(), "plugins": self.plugins.state_dict(),
                 "progress": {**dataclasses.asdict(self.progress), "best_score": self.best.score},
-                "history": list(self.history), "best_state": self.best.state, "rng": collect_rng_states()}
+                "history": list(self.history), "best_state": self.best.state, "rng": collect_rng_states(),
+                "scheduler": self.scheduler.state_dict() if getattr(self, "scheduler", None) is not None else None}
 
     def load_state_dict(self, state: dict, strict_settings: bool = True) -> None:
         """Restore a :meth:`state_dict`; the trainer must be built with the same model and settings."""
@@ -98,7 +99,21 @@ class TrainerState:
         fields = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in progress.items() if k in fields})
         self.history = list(state["history"])
+        self._load_scheduler(state.get("scheduler"))
         set_rng_states(state["rng"])
+
+    def _load_scheduler(self, saved: Optional[dict]) -> None:
+        """The ``fit(scheduler=...)`` of the run resumed: its state, and its lr in its optimizer."""
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None and saved is None:
+            raise ValueError("The checkpoint was written by a fit without `scheduler=`; resume it the same way.")
+        if saved is not None and scheduler is None:
+            logger.warning("The checkpoint was written by a fit with `scheduler=`: pass the same scheduler to "
+                           "resume it; its state is not restored now.")
+        if scheduler is not None:
+            scheduler.load_state_dict(saved)
+            for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = lr
 
     #: Names under which earlier versions wrote this trainer's checkpoints.
     _legacy_state_names: tuple[str, ...] = ()
@@ -159,7 +174,8 @@ class TrainerState:
                              "registry": getattr(model, "registry_spec", None)},
             "input_shape": list(clf.input_shape), "nb_classes": int(clf.nb_classes),
             "clip_values": [float(v) for v in self.clip_values],
-            "preprocessing": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
+            "preprocessing": {"mean": self.mean.tolist(), "std": self.std.tolist()},  # nested: the shape is kept
+            "channels_first": bool(clf.channels_first),
             "threat_model": {"norm": self.norm.value, "eps": float(self.eps)},
             "epochs_trained": len(self.history), "settings": self.settings(),
             "plugins": self.plugins.export_metadata(), "report": report,

@@ -7,7 +7,6 @@ The trained model leaves as an ART ``PyTorchClassifier`` (:meth:`get_classifier`
 from __future__ import annotations
 
 import abc
-import copy
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
@@ -24,19 +23,14 @@ from art_generalist.options import check_int, describe
 from art_generalist.plugins import Plugin, PluginList
 from art_generalist.sparse.plugin import SparsityPlugin, with_sparsity
 from art_generalist.state.trainer_state import Progress, TrainerState
+from art_generalist.trainers.art_api import ARTFitAPI
 from art_generalist.trainers.feed import (
     Batch,
     Batches,
-    array_batches,
-    generator_batches,
-    loader_batches,
-    nb_array_batches,
 )
 from art_generalist.validation import BestModel, madry_attack, robust_accuracy, score, validate
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    from art.data_generators import DataGenerator
     from art.estimators.classification import PyTorchClassifier
 
     from art_generalist.learners import Learner
@@ -44,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-class TensorTrainer(TrainerState, Trainer):
+class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
     """Base class: the user's classifier is copied (never modified); training runs on tensors.
 
     **Contract.** A subclass implements three methods; the loop (:meth:`fit`, :meth:`fit_generator`
@@ -80,6 +74,7 @@ class TensorTrainer(TrainerState, Trainer):
     def __init__(self, classifier: "PyTorchClassifier", eps: float = 8 / 255, eps_step: float = 2 / 255,
                  max_iter: int = 10, norm: Union[str, float] = "inf", plugins: Optional[Sequence[Plugin]] = None,
                  sparsity: Optional[SparsityPlugin] = None, **runtime: Any) -> None:
+        estimators.check_estimator(classifier)
         plugins = with_sparsity(plugins, sparsity, classifier.model)  # before any copy of a model it refuses
         self.budget = PGDBudget(eps=eps, eps_step=eps_step, max_iter=max_iter, norm=norm)
         self.runtime = RuntimeOptions.from_options(**runtime)
@@ -87,19 +82,30 @@ class TensorTrainer(TrainerState, Trainer):
         self.clip_values = estimators.clip_range(classifier)
         self.budget.check_range(self.clip_values)
         self.mean, self.std = estimators.mean_std(classifier)
-        self.channels_last = self.runtime.use_channels_last(classifier.input_shape)
+        self.processor = getattr(classifier, "processor", None)
+        self.channels_last = self.runtime.use_channels_last(classifier.input_shape, classifier.channels_first)
         self.plugins = PluginList(plugins)
         self.device = classifier.device
-        model = copy.deepcopy(classifier.model)
+        # ART's contract: the classifier passed in is the one trained (copy_classifier=True: a copy)
+        model = estimators.copy_model(classifier.model) if self.runtime.copy_classifier else classifier.model
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # in place: the parameters stay the same objects
         params = self.plugins.trainable("global", model)
-        super().__init__(estimators.make_classifier(
-            classifier, model, estimators.clone_optimizer(classifier.optimizer, model, params)))
+        if self.runtime.copy_classifier:
+            trained = estimators.make_classifier(classifier, model, estimators.clone_optimizer(
+                classifier.optimizer, model, params, source=classifier.model))
+        else:
+            trained = classifier
+            if classifier.optimizer is not None and len(params) < len(list(model.parameters())):  # plug-ins froze some
+                trained._optimizer = estimators.clone_optimizer(classifier.optimizer, model, params)
+        super().__init__(trained)
+        self._user_optimizer = classifier.optimizer
         self.global_space = self.space(model)
+        estimators.check_same_function(trained, self.global_space)
         self.history: list[dict] = []
         self.progress = Progress()
         self.best = BestModel()
+        self.scheduler: Optional[Any] = None  # the torch scheduler of the current fit (``fit(scheduler=...)``)
 
     # ART's flat names for the budget and the runtime options, read-only
     eps = property(lambda self: self.budget.eps)
@@ -108,7 +114,10 @@ class TensorTrainer(TrainerState, Trainer):
     val_max_iter = property(lambda self: self.runtime.val_max_iter)
     augment = property(lambda self: self.runtime.augment)
     amp = property(lambda self: self.runtime.amp)
-    verbose = property(lambda self: self.runtime.verbose and distributed.is_main_process())  # bars on rank 0 only
+    #: ``fit(..., verbose=...)`` for the current call (ART's keyword), over the ``verbose`` option
+    _verbose_call: Optional[bool] = None
+    verbose = property(lambda self: (self.runtime.verbose if self._verbose_call is None else self._verbose_call)
+                       and distributed.is_main_process())  # bars on rank 0 only
 
     def _finish_init(self) -> None:
         """Subclasses call this at the end of ``__init__``: the plug-ins' ``setup``."""
@@ -117,7 +126,7 @@ class TensorTrainer(TrainerState, Trainer):
     def space(self, model: torch.nn.Module) -> InputSpace:
         """``model`` behind this classifier's input pipeline, fed unit-range inputs."""
         return InputSpace(model, self.clip_values, self.mean, self.std, amp=self.amp,
-                          channels_last=self.channels_last)
+                          channels_last=self.channels_last, processor=self.processor)
 
     def settings(self) -> dict:
         """The trainer's settings as a plain dict (stored in checkpoints and exports)."""
@@ -125,8 +134,8 @@ class TensorTrainer(TrainerState, Trainer):
         return {"trainer": self._state_name(),
                 "model": f"{type(clf.model).__module__}.{type(clf.model).__qualname__}",
                 "input_shape": list(clf.input_shape), "nb_classes": int(clf.nb_classes),
-                "clip_values": list(self.clip_values), "mean": [float(v) for v in self.mean],
-                "std": [float(v) for v in self.std], "eps": float(self.eps), "eps_step": float(self.eps_step),
+                "clip_values": list(self.clip_values), "mean": self.mean.reshape(-1).tolist(),
+                "std": self.std.reshape(-1).tolist(), "eps": float(self.eps), "eps_step": float(self.eps_step),
                 "max_iter": self.max_iter, "norm": self.norm.value, "val_max_iter": self.val_max_iter,
                 "augment": describe(self.augment), "amp": self.amp, "channels_last": self.channels_last,
                 "plugins": self.plugins.describe()}
@@ -155,55 +164,7 @@ class TensorTrainer(TrainerState, Trainer):
         """The learners that take optimizer steps, in the order they step."""
         return []
 
-    # -- ART API -----------------------------------------------------------------------------------
-    def predict(self, x: "np.ndarray", batch_size: int = 128, **kwargs: Any) -> "np.ndarray":
-        """Predictions of the trained (global) model, through ART's ``predict``."""
-        return self.get_classifier().predict(x, batch_size=batch_size, **kwargs)
-
-    def fit(self, x: Any, y: Any, validation_data: Optional[tuple[Any, Any]] = None, nb_epochs: int = 20,
-            batch_size: int = 128, shuffle: bool = True, drop_last: bool = False, **options: Any) -> list[dict]:
-        """Train on ``x`` (within ``clip_values``) and index or one-hot ``y``.
-
-        :param validation_data: ``(x_val, y_val)``: clean and PGD accuracy of the trained model
-            each epoch (never pass test data).
-        :param options: ``restore_best`` (keep the model of the epoch with the best validation
-            clean + PGD accuracy), ``checkpoint_dir``, ``checkpoint_every`` (epochs, default 1),
-            ``keep_last`` (checkpoints kept, default 3), ``resume`` (continue from the newest
-            checkpoint in ``checkpoint_dir``), ``stop_after`` (return after this epoch of the
-            budget, to be resumed later).
-        :return: the history of this run, one dict per epoch.
-        """
-        self._check_loop_args(nb_epochs, batch_size)
-        u, y_t = self._to_device(x, y)
-        nb_batches = nb_array_batches(len(u), batch_size, drop_last)
-        return self._fit(array_batches(u, y_t, batch_size, nb_batches, shuffle), nb_batches, nb_epochs,
-                         validation_data, **options)
-
-    def fit_generator(self, generator: "DataGenerator", nb_epochs: int = 20,
-                      validation_data: Optional[tuple[Any, Any]] = None, **options: Any) -> list[dict]:
-        """Train on an ART ``DataGenerator`` (numpy batches, converted one batch at a time);
-        ``options`` as :meth:`fit`."""
-        self._check_loop_args(nb_epochs, generator.batch_size)
-        nb_batches = nb_array_batches(generator.size, generator.batch_size, drop_last=False)
-        return self._fit(generator_batches(generator, nb_batches, self._to_device), nb_batches, nb_epochs,
-                         validation_data, **options)
-
-    def fit_loader(self, loader: Iterable, nb_epochs: int = 20, validation_data: Optional[tuple[Any, Any]] = None,
-                   **options: Any) -> list[dict]:
-        """Tensor-native training on a torch ``DataLoader`` of ``(x, y)`` in input units;
-        ``options`` as :meth:`fit`. Under ``torch.distributed`` give it a ``DistributedSampler``
-        (its ``set_epoch`` is called each epoch)."""
-        self._check_loop_args(nb_epochs, 1)
-        batches = loader_batches(loader, self.global_space, self.device, self.get_classifier().nb_classes,
-                                 epoch=lambda: self.progress.epoch)
-        return self._fit(batches, len(loader), nb_epochs, validation_data, **options)
-
     # -- the loop ----------------------------------------------------------------------------------
-    @staticmethod
-    def _check_loop_args(nb_epochs: int, batch_size: int) -> None:
-        check_int(nb_epochs, "nb_epochs", 1)
-        check_int(batch_size, "batch_size", 1)
-
     def _to_device(self, x: Any, y: Any, name: str = "x") -> Batch:
         clf = self.get_classifier()
         x_t = check_x(x, clf.input_shape, self.clip_values, name)
@@ -212,7 +173,19 @@ class TensorTrainer(TrainerState, Trainer):
 
     def _fit(self, batches: Batches, nb_batches: int, nb_epochs: int, validation_data: Optional[tuple[Any, Any]],
              restore_best: bool = False, checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
-             keep_last: int = 3, resume: bool = False, stop_after: Optional[int] = None) -> list[dict]:
+             keep_last: int = 3, resume: bool = False, stop_after: Optional[int] = None,
+             scheduler: Optional[Any] = None) -> list[dict]:
+        self._attach_scheduler(scheduler)
+        try:
+            return self._run(batches, nb_batches, nb_epochs, validation_data, restore_best, checkpoint_dir,
+                             checkpoint_every, keep_last, resume, stop_after)
+        finally:
+            self._attach_scheduler(None)
+            self._verbose_call = None  # fit(verbose=...) holds for that call only
+
+    def _run(self, batches: Batches, nb_batches: int, nb_epochs: int, validation_data: Optional[tuple[Any, Any]],
+             restore_best: bool, checkpoint_dir: Optional[str], checkpoint_every: int, keep_last: int, resume: bool,
+             stop_after: Optional[int]) -> list[dict]:
         if restore_best and validation_data is None:
             raise ValueError("`restore_best=True` needs `validation_data` (model selection never uses test data).")
         check_int(checkpoint_every, "checkpoint_every", 1)
@@ -233,6 +206,8 @@ class TensorTrainer(TrainerState, Trainer):
             epoch_batches = tqdm(self._augmented(batches()), total=nb_batches, leave=False,
                                  desc=f"epoch {epoch}", disable=not self.verbose, unit="batch")
             record = self._train_epoch(epoch, nb_epochs, epoch_batches, nb_batches)
+            if self.scheduler is not None:  # once per epoch, after it, as ART's TRADES and AWP trainers do
+                self.scheduler.step()
             record["seconds"] = time.perf_counter() - start
             if val is not None:
                 record.update(self._validate(*val))

@@ -8,7 +8,6 @@ teachers and the global learner from the user's ART classifier.
 """
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 import torch
@@ -41,9 +40,11 @@ class GeneralistTrainer(TensorTrainer):
     (PKU-ML/Generalist, see the README's "Faithfulness" section); as with every defence, judge
     it with a strong adaptive evaluation (Athalye et al., 2018; Carlini et al., 2019).
 
-    :param classifier: the user's ART ``PyTorchClassifier`` (left untouched: the trainer works on
-        copies). Its loss, ``clip_values``, mean/std ``preprocessing``, ``nb_classes`` and device
-        are used.
+    :param classifier: the user's ART ``PyTorchClassifier``. As with ART's trainers it is trained in
+        place: after ``fit`` its model is the global learner and :meth:`get_classifier` returns it
+        (``copy_classifier=True`` trains a copy and leaves it untouched). Its loss, ``clip_values``,
+        mean/std ``preprocessing``, ``processor``, postprocessing, ``nb_classes`` and device are
+        used; the base learners' optimizers clone its optimizer's parameter groups.
     :param eps, eps_step, max_iter, norm: the training PGD budget in the classifier's input units
         (ART's names). ``eps > 1`` with clip values (0, 1) is refused (the 0-255 mix-up).
     :param config: a :class:`~art_generalist.config.GeneralistConfig`; default: the official
@@ -84,12 +85,12 @@ class GeneralistTrainer(TensorTrainer):
         if spec.classifier is not None:
             clf = spec.classifier
         else:
-            model = copy.deepcopy(self.global_ema.module)
+            model = estimators.copy_model(self.global_ema.module)
             params = self.plugins.trainable(spec.name, model)
             if spec.optimizer is not None:
-                opt = spec.optimizer(params)
-            elif template.optimizer is not None:
-                opt = estimators.clone_optimizer(template.optimizer, model, params)
+                opt = spec.optimizer(params if params is not None else model.parameters())
+            elif template.optimizer is not None:  # the user's parameter groups, each with its own lr, decay
+                opt = estimators.clone_optimizer(template.optimizer, model, params, source=template.model)
             else:
                 opt = sgd()(params)
             clf = estimators.make_classifier(template, model, opt)
@@ -107,7 +108,10 @@ class GeneralistTrainer(TensorTrainer):
         schedule = (resolve_schedule(spec.lr_schedule, "lr_schedule", OFFICIAL_LR)
                     if spec.lr_schedule is not None else self.lr_schedule)
         teacher = ModelEMA(clf.model, self.global_ema.decay, self.config.ema.warmup, self.mixer)
-        return Learner(spec, clf, space, objective, attack, teacher, schedule, self.plugins)
+        learner = Learner(spec, clf, space, objective, attack, teacher, schedule, self.plugins)
+        learner.from_classifier_optimizer = (spec.classifier is None and spec.optimizer is None
+                                             and template.optimizer is not None)
+        return learner
 
     # -- access ---------------------------------------------------------------------------------
     @property

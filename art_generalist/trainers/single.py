@@ -23,9 +23,12 @@ if TYPE_CHECKING:  # pragma: no cover
 class SingleLearnerTrainer(TensorTrainer):
     """Madry PGD-AT (``objective="pgd"``), TRADES, MART or natural training of one model.
 
-    :param classifier: the user's ART ``PyTorchClassifier`` (copied; its optimizer is cloned).
+    :param classifier: the user's ART ``PyTorchClassifier``, trained in place with its own optimizer
+        as ART's trainers do (``copy_classifier=True`` trains a copy with a clone of the optimizer).
     :param objective: ``"pgd"``, ``"trades"``, ``"mart"``, ``"natural"`` or an Objective.
-    :param lr_schedule: ``"official"`` (Generalist's piecewise-linear decay), ``None`` or a callable.
+    :param lr_schedule: ``None`` (default: the optimizer's lr as the user set it, changed only by
+        a ``fit(scheduler=...)``), ``"official"`` (Generalist's piecewise-linear decay of the
+        optimizer's initial lr), ``"multistep"``, ``"constant"`` or a callable.
     :param per_iteration_schedules: evaluate the lr schedule at fractional epochs (after each
         iteration) instead of once per epoch, as :class:`~art_generalist.GeneralistTrainer` can.
     Other arguments as :class:`~art_generalist.trainers.base.TensorTrainer` (``plugins``,
@@ -35,7 +38,7 @@ class SingleLearnerTrainer(TensorTrainer):
     _legacy_state_names = ("AdversarialTrainerTensor",)
 
     def __init__(self, classifier: "PyTorchClassifier", objective: Union[str, Objective] = "pgd",
-                 lr_schedule: Union[None, str, Schedule, tuple] = "official",
+                 lr_schedule: Union[None, str, Schedule, tuple] = None,
                  per_iteration_schedules: bool = False, **kwargs: Any) -> None:
         super().__init__(classifier, **kwargs)
         self.per_iteration_schedules = bool(per_iteration_schedules)
@@ -49,7 +52,9 @@ class SingleLearnerTrainer(TensorTrainer):
                   if self.objective.attack_loss is not None else None)
         self.learner = Learner(LearnerSpec(self.objective.name, self.objective), clf, self.global_space,
                                self.objective, attack, None,
-                               resolve_schedule(lr_schedule, "lr_schedule", OFFICIAL_LR), self.plugins)
+                               None if lr_schedule is None else resolve_schedule(lr_schedule, "lr_schedule",
+                                                                                 OFFICIAL_LR), self.plugins)
+        self.learner.from_classifier_optimizer = True
         self._finish_init()
 
     def _state_name(self) -> str:

@@ -59,7 +59,8 @@ def train_source(method: str, eps: float, args: argparse.Namespace, data: Any, o
     budget = dict(eps=budget_eps, eps_step=madry_step(budget_eps, args.max_iter), max_iter=args.max_iter,
                   verbose=not args.quiet, val_max_iter=0)
     trainer = (GeneralistTrainer(clf, **budget) if method == "generalist" else
-               SingleLearnerTrainer(clf, objective="pgd" if eps > 0 else "natural", **budget))
+               SingleLearnerTrainer(clf, objective="pgd" if eps > 0 else "natural", lr_schedule="official",
+                                    **budget))
     start = time.perf_counter()
     trainer.fit(data.x_train, data.y_train, nb_epochs=args.source_epochs, batch_size=128,
                 checkpoint_dir=out / "checkpoints" / name, resume=True)
