@@ -285,3 +285,15 @@ def test_art_keywords_are_accepted_and_unknown_ones_refused():
 def test_bare_module_is_refused_with_the_wrap():
     with pytest.raises(TypeError, match="PyTorchClassifier\\(model"):
         SingleLearnerTrainer(_linear(), **BUDGET)
+
+
+def test_evaluate_reads_channels_last_and_processor_classifiers_as_art_does():
+    from art_generalist.evaluation import evaluate
+
+    clf = _clf(_NHWC(3), shape=(3, 3, 3), preprocessing=(MEAN, STD), channels_first=False)
+    x, y = _data((3, 3, 3), n=16)
+    report = evaluate(clf, x, y, eps=0.05, attacks=("pgd",), pgd_steps=2, progress=False)
+    assert report.clean_acc == pytest.approx(np.mean(clf.predict(x).argmax(1) == y))
+    with pytest.raises(ValueError, match=r"\(3, 1, 1\)"):  # ART would normalise along the width
+        evaluate(_clf(_linear(27), shape=(3, 3, 3), preprocessing=(MEAN, STD)), x.transpose(0, 3, 1, 2), y,
+                 eps=0.05, attacks=("pgd",), pgd_steps=2, progress=False)

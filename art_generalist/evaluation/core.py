@@ -22,7 +22,7 @@ import torch
 
 from art_generalist.attacks import InputSpace, ThreatModel, madry_step, predict_labels
 from art_generalist.config import check_eps_range
-from art_generalist.estimators import clip_range, mean_std
+from art_generalist.estimators import check_same_function, clip_range, mean_std
 from art_generalist.evaluation import checks as C
 from art_generalist.evaluation.autoattack_adapter import AutoAttackAdapter
 from art_generalist.evaluation.guard import ModelGuard
@@ -207,7 +207,8 @@ def evaluate(classifier: "PyTorchClassifier", x: Any, y: Any, eps: float, norm: 
     dev = _device(model, device)
     xt = check_x(x, classifier.input_shape, (lo, hi))
     yt = check_y(y, len(xt), classifier.nb_classes)
-    space = InputSpace(model, (lo, hi), mean, std)
+    space = InputSpace(model, (lo, hi), mean, std, processor=getattr(classifier, "processor", None))
+    check_same_function(classifier, space)  # the function attacked is the one ART predicts with
     u, yd = space.to_unit(xt.to(dev)).clamp_(0.0, 1.0), yt.to(dev)
     eps_u, n_classes = float(eps) / (hi - lo), int(classifier.nb_classes)
     timings: dict[str, float] = {}
