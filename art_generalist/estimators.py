@@ -208,7 +208,7 @@ def _is_logits_wrapper(function: Any) -> bool:
     code = getattr(function, "__code__", None)
     if code is None:
         return False
-    if code is _logits_of(lambda: None).__code__:
+    if code is _LOGITS_CODE:
         return True
     return code.co_name == "run" and code.co_filename.replace("\\", "/").endswith("classification/hugging_face.py")
 
@@ -220,6 +220,9 @@ def _logits_of(function: Any) -> Any:
         out = function(*args, **kwargs)
         return out if isinstance(out, torch.Tensor) else out.logits
     return prefix_function
+
+
+_LOGITS_CODE = _logits_of(lambda: None).__code__
 
 
 def make_classifier(template: "PyTorchClassifier", model: nn.Module,

@@ -66,6 +66,7 @@ class TrainerState:
 
     progress: Progress
     best: BestModel
+    scheduler: Optional[Any] = None  #: the torch scheduler of the running ``fit(scheduler=...)``
     plugins: PluginList
     history: list
 
@@ -76,7 +77,7 @@ class TrainerState:
                 "models": self._model_state(), "plugins": self.plugins.state_dict(),
                 "progress": {**dataclasses.asdict(self.progress), "best_score": self.best.score},
                 "history": list(self.history), "best_state": self.best.state, "rng": collect_rng_states(),
-                "scheduler": self.scheduler.state_dict() if getattr(self, "scheduler", None) is not None else None}
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
     def load_state_dict(self, state: dict, strict_settings: bool = True) -> None:
         """Restore a :meth:`state_dict`; the trainer must be built with the same model and settings."""
@@ -104,7 +105,7 @@ class TrainerState:
 
     def _load_scheduler(self, saved: Optional[dict]) -> None:
         """The ``fit(scheduler=...)`` of the run resumed: its state, and its lr in its optimizer."""
-        scheduler = getattr(self, "scheduler", None)
+        scheduler = self.scheduler
         if scheduler is not None and saved is None:
             raise ValueError("The checkpoint was written by a fit without `scheduler=`; resume it the same way.")
         if saved is not None and scheduler is None:
