@@ -235,9 +235,9 @@ def make_classifier(template: "PyTorchClassifier", model: nn.Module,
     kwargs: dict[str, Any] = {}
     if getattr(template, "processor", None) is not None:
         kwargs["processor"] = template.processor
-    cls = type(template) if isinstance(template, PyTorchClassifier) else PyTorchClassifier
-    if "processor" not in kwargs and cls is not PyTorchClassifier and not _is_hf(cls):
-        cls = PyTorchClassifier
+    # A Hugging Face classifier stays one (its forward returns ``.logits``); anything else is
+    # rebuilt as a plain PyTorchClassifier, whose constructor every subclass shares.
+    cls = type(template) if _is_hf(type(template)) else PyTorchClassifier
     if _is_hf(cls):  # ART wraps forward again: give it the model's own forward
         model.__dict__.pop("forward", None)
     pre = getattr(template, "preprocessing_operations", None) or []

@@ -6,7 +6,6 @@ instead of fallen into. Every workaround applied is recorded in the run's ``work
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ class ARTTrainerRun:
 
         if method not in ("madry", "trades"):
             raise ValueError(f"`method` must be 'madry' or 'trades', got {method!r}.")
-        model = copy.deepcopy(classifier.model)
+        model = estimators.copy_model(classifier.model)
         self.classifier = estimators.make_classifier(classifier, model,
                                                      estimators.clone_optimizer(classifier.optimizer, model))
         if self.classifier.optimizer is None:

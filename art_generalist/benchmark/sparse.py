@@ -19,7 +19,6 @@ the shipped one) and is reported in the paper's columns, on the same test points
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import numpy as np
@@ -129,7 +128,7 @@ def metrics(classifier: Any, info: dict, final: Any, train: tuple, x_test: np.nd
     state = info.pop("best_state")
     best = final
     if paper["best_epoch"] != paper["final_epoch"]:
-        model = copy.deepcopy(classifier.model)
+        model = estimators.copy_model(classifier.model)
         model.load_state_dict(state)
         best = evaluate_fn(estimators.make_classifier(classifier, model, None))
     for name, rep in (("best", best), ("final", final)):

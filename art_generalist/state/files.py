@@ -37,11 +37,83 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+        _unlink_quietly(tmp)
+        raise _disk_error(err, path) from err
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) through a temporary file in the same folder, fsync, then rename
+    over ``path``: a kill or a full disk mid-write leaves the old file whole, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise _disk_error(err, path) from err
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
+    """:func:`atomic_write_text` of ``json.dumps(obj, **dumps_kwargs)`` plus a final newline."""
+    return atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    """``json.loads`` of a result file, with a message naming the file when it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it was not written by this version's atomic "
+                         f"writer, or was edited. Move it aside to start afresh.") from None
+
+
+def remove_stale_temporaries(directory: PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed atomic write left in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        _unlink_quietly(p)
+    return stale
+
+
+def _unlink_quietly(path: PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _disk_error(err: Exception, path: Path) -> OSError:
+    """The OS error of a failed write, restated with the path and the free space left."""
+    import errno
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    code = getattr(err, "errno", None)
+    reason = ("the disk is full" if code in (errno.ENOSPC, errno.EDQUOT)
+              else getattr(err, "strerror", None) or str(err))
+    return OSError(code, f"Could not write {path}: {reason} ({free} on its file system). The previous "
+                              f"file, if any, is untouched")
 
 
 def safe_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
@@ -104,9 +176,7 @@ def save_safetensors(state_dict: dict, metadata: dict, path: PathLike) -> tuple[
     save_file(tensors, str(tmp), metadata={"art_generalist": text})
     os.replace(tmp, path)
     meta_path = path.with_suffix(".json")
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp_meta.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp_meta, meta_path)
+    atomic_write_text(meta_path, text + "\n")
     return path, meta_path
 
 

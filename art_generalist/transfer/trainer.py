@@ -9,7 +9,6 @@ checkpoints, exact resume, progress bars, adversarial objectives and plug-ins al
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -106,7 +105,7 @@ class TransferTrainer(Trainer):
     @staticmethod
     def _target_model(classifier: "PyTorchClassifier", hidden: tuple[int, ...]) -> torch.nn.Module:
         """A copy of the source model with a head for ``classifier.nb_classes``, checked on the input shape."""
-        model = copy.deepcopy(classifier.model)
+        model = estimators.copy_model(classifier.model)
         nb_classes = int(classifier.nb_classes)
         if hidden or find_head(model)[1].out_features != nb_classes:
             replace_head(model, nb_classes, hidden)
@@ -127,7 +126,7 @@ class TransferTrainer(Trainer):
         return model
 
     def _make(self, lr: float) -> "SingleLearnerTrainer":
-        model = copy.deepcopy(self.model)
+        model = estimators.copy_model(self.model)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
         clf = estimators.make_classifier(self.source_classifier, model, opt)
         freeze = TransferFreeze(self.mode, self.level, self.update_bn_stats)
