@@ -74,8 +74,12 @@ def mean_std(classifier: "PyTorchClassifier") -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(1, np.float32), np.ones(1, np.float32)
     if len(ops) == 1 and hasattr(ops[0], "mean") and hasattr(ops[0], "std"):
         shape, first = tuple(classifier.input_shape), bool(getattr(classifier, "channels_first", True))
-        return tuple(_statistic(np.asarray(getattr(ops[0], k), np.float32), k, shape, first)  # type: ignore
-                     for k in ("mean", "std"))
+        mean, std = (_statistic(np.asarray(getattr(ops[0], k), np.float32), k, shape, first) for k in ("mean", "std"))
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"The classifier's preprocessing mean/std must be finite with std > 0, got mean in "
+                             f"[{mean.min():g}, {mean.max():g}] and std in [{std.min():g}, {std.max():g}]: a std of 0 "
+                             f"divides by zero.")
+        return mean, std
     names = [type(op).__name__ for op in ops]
     raise ValueError(
         f"Only mean/std `preprocessing` is supported by the training attack, got preprocessing "

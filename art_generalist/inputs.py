@@ -65,3 +65,32 @@ def check_y(y: Any, n: int, nb_classes: int, name: str = "y") -> torch.Tensor:
     if lo < 0 or hi >= nb_classes:
         raise ValueError(f"Labels `{name}` must lie in [0, {nb_classes}), got values in [{lo}, {hi}].")
     return t
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor, input_shape: Sequence[int], clip_values: tuple[float, float],
+                nb_classes: int, name: str = "the loader's batch") -> None:
+    """:func:`check_x` and :func:`check_y` for one batch of device tensors, at the cost of one
+    host synchronisation: the checks run on the device and only a failing batch is examined on
+    the host for the message."""
+    one_hot_width = y.shape[1] if y.dim() == 2 and y.shape[1] != 1 else nb_classes
+    if tuple(x.shape[1:]) != tuple(input_shape) or len(x) != len(y) or len(x) == 0 or one_hot_width != nb_classes:
+        check_x(x, input_shape, clip_values, f"x of {name}")
+        check_y(y, len(x), nb_classes, f"y of {name}")
+    lo, hi = clip_values
+    tol = 1e-6 * max(1.0, hi - lo)
+    xf = x.detach().float()
+    bad = ~torch.isfinite(xf).all() | (xf.amin() < lo - tol) | (xf.amax() > hi + tol)
+    labels = y.detach()
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dim() == 2:
+        bad = bad | ~((labels == 1).sum(1) == 1).all() | ~((labels == 0) | (labels == 1)).all()
+    elif labels.dim() != 1 or labels.dtype == torch.bool:
+        bad = bad | True
+    else:
+        if labels.is_floating_point():
+            bad = bad | ~(labels == labels.round()).all()
+        bad = bad | (labels.amin() < 0) | (labels.amax() >= nb_classes)
+    if bool(bad):
+        check_x(x.cpu(), input_shape, clip_values, f"x of {name}")
+        check_y(y.cpu(), len(x), nb_classes, f"y of {name}")

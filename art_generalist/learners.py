@@ -2,6 +2,7 @@
 (:class:`Learner`), and the per-epoch statistics every training loop records (:class:`EpochStats`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
@@ -80,6 +81,9 @@ class Learner:
         self.space, self.objective, self.attack, self.teacher = space, objective, attack, teacher
         self.schedule, self.plugins = schedule, plugins if plugins is not None else PluginList()
         self.optimizer: torch.optim.Optimizer = classifier.optimizer
+        lrs = [float(g.get("lr", 0.0)) for g in self.optimizer.param_groups]  # a tensor lr too
+        if not all(math.isfinite(lr) and lr >= 0 for lr in lrs):
+            raise ValueError(f"Base learner `{spec.name}`: the optimizer's lr must be finite and >= 0, got {lrs}.")
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         #: the learner's optimizer is the user's classifier's optimizer or a clone of it, so a
         #: scheduler of that optimizer (``fit(scheduler=...)``) drives this learner's lr
@@ -131,20 +135,29 @@ class Learner:
         return out.loss.detach(), (out.logits.detach().argmax(1) == y).sum()
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """A learner's loss or weights became NaN or infinite; nothing of that epoch was saved."""
+
+
 class EpochStats:
     """Each learner's loss and training accuracy summed on the device over one epoch, read
-    back with one host synchronisation at the end (:meth:`record`)."""
+    back with one host synchronisation at the end (:meth:`record`), which also stops the run
+    with :class:`NonFiniteTrainingError` when a loss or a weight became non-finite (the first
+    such iteration is tracked on the device, without a synchronisation per step)."""
 
     def __init__(self, learners: list[Learner], device: torch.device) -> None:
         self.learners = list(learners)
         self.loss_sum = torch.zeros(len(self.learners), device=device)
         self.correct = torch.zeros(len(self.learners), device=device, dtype=torch.long)
+        self.first_bad = torch.zeros(len(self.learners), device=device, dtype=torch.long)  # 0: none yet
         self.seen = self.steps = 0
 
     def add(self, k: int, loss: torch.Tensor, n_correct: torch.Tensor, n: int) -> None:
         """Learner ``k``'s step on a batch of ``n`` examples."""
         self.loss_sum[k] += loss * n
         self.correct[k] += n_correct
+        fresh = (~torch.isfinite(loss)) & (self.first_bad[k] == 0)
+        self.first_bad[k] = torch.where(fresh, self.steps + 1, self.first_bad[k])
 
     def end_step(self, n: int) -> None:
         """One iteration over a batch of ``n`` examples is done."""
@@ -155,9 +168,28 @@ class EpochStats:
         """The epoch's history entry (per learner: mean loss, training accuracy, lr, adversarial)."""
         if self.seen == 0:
             raise ValueError("The epoch received no batches.")
+        finite = torch.stack([weights_finite(lrn.model).to(self.first_bad.device) for lrn in self.learners])
+        bad_steps, finite = self.first_bad.tolist(), finite.tolist()
+        for lrn, step, ok in zip(self.learners, bad_steps, finite):
+            if step or not ok:
+                where = f"at iteration {step} of epoch {epoch}" if step else f"in epoch {epoch}"
+                what = "its loss" if step else "its weights"
+                raise NonFiniteTrainingError(
+                    f"Learner `{lrn.name}`: {what} became NaN or infinite {where} (lr "
+                    f"{lrn.optimizer.param_groups[0]['lr']:g}). Training stopped; no checkpoint or export of this "
+                    f"epoch was written. Lower the lr, check the data and the mean/std preprocessing.")
         losses, accs = (self.loss_sum / self.seen).tolist(), (self.correct.double() / self.seen).tolist()
         return {"epoch": epoch, "examples": self.seen, "steps": self.steps,
                 "learners": {lrn.name: {"loss": losses[k], "train_acc": accs[k],
                                         "lr": lrn.optimizer.param_groups[0]["lr"],
                                         "adversarial": lrn.attack is not None}
                              for k, lrn in enumerate(self.learners)}}
+
+
+def weights_finite(model: nn.Module) -> torch.Tensor:
+    """A device boolean: every floating parameter and buffer of ``model`` is finite (no sync)."""
+    tensors = [t.detach() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return torch.tensor(True)
+    peaks = torch._foreach_norm(tensors, float("inf"))  # max |w| per tensor: NaN and inf propagate
+    return torch.isfinite(torch.stack([p.float() for p in peaks])).all()

@@ -69,8 +69,9 @@ def _run(args, **kw):
 def test_resume_in_a_new_process_is_bit_identical(tmp_path):
     _run([tmp_path / "full", tmp_path / "full.pt"])
     _run([tmp_path / "half", tmp_path / "first_half.pt", "--stop-after", "2"])
-    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["checkpoint-epoch00001.pt",
-                                                                    "checkpoint-epoch00002.pt"]
+    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == [
+        "checkpoint-epoch00001.pt", "checkpoint-epoch00001.pt.sha256",
+        "checkpoint-epoch00002.pt", "checkpoint-epoch00002.pt.sha256"]
     _run([tmp_path / "half", tmp_path / "resumed.pt", "--resume"])
     full, resumed = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
     assert resumed["epochs_run"] == [3, 4] and resumed["returned"] == [1, 2, 3, 4] == full["returned"]
@@ -78,8 +79,9 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path):
     half = torch.load(tmp_path / "first_half.pt")
     assert half["epochs_run"] == [1, 2]
     assert not torch.equal(half["models"]["global"]["0.weight"], full["models"]["global"]["0.weight"])
-    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["checkpoint-epoch00003.pt",
-                                                                    "checkpoint-epoch00004.pt"]  # keep_last=2
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [  # keep_last=2, each with its hash
+        "checkpoint-epoch00003.pt", "checkpoint-epoch00003.pt.sha256",
+        "checkpoint-epoch00004.pt", "checkpoint-epoch00004.pt.sha256"]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
@@ -141,7 +143,7 @@ def test_checkpoint_errors(tmp_path, digits):
     with pytest.raises(ValueError, match="Unsupported checkpoint format_version 99"):
         trainer.load_checkpoint(tmp_path / "future.pt")
     trainer.fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=2, checkpoint_dir=tmp_path / "run")
-    with pytest.raises(ValueError, match="run of 2 epochs"):
+    with pytest.raises(ValueError, match="nb_epochs: checkpoint 2, now 3"):
         trainer.fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=3, checkpoint_dir=tmp_path / "run",
                     resume=True)
     with pytest.raises(ValueError, match="needs `checkpoint_dir`"):

@@ -7,6 +7,8 @@ object is refused with :class:`UnsafeCheckpointError` naming the objects (the ti
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
@@ -27,23 +29,39 @@ class UnsafeCheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``;
+    then the SHA-256 and size of those bytes into ``<path>.sha256``, which :func:`safe_load`
+    verifies (torch itself ignores the zip CRCs, so a flipped bit would load silently)."""
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    _atomic_write_bytes(path, data)
+    atomic_write_text(hash_path(path), f"{hashlib.sha256(data).hexdigest()} {len(data)}\n")
+    return path
+
+
+def hash_path(path: PathLike) -> Path:
+    """Where :func:`atomic_save` records the hash of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+    except OSError as err:
         _unlink_quietly(tmp)
         raise _disk_error(err, path) from err
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    return path
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -116,18 +134,36 @@ def _disk_error(err: Exception, path: Path) -> OSError:
                               f"file, if any, is untouched")
 
 
+class CorruptCheckpointError(ValueError):
+    """The file does not match the hash recorded when it was written, or torch cannot read it."""
+
+
 def safe_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """``torch.load(weights_only=True)``; any other pickled object is refused, never run."""
+    """``torch.load(weights_only=True)``; any other pickled object is refused, never run.
+
+    The file is read once: the bytes checked against ``<path>.sha256`` (when :func:`atomic_save`
+    wrote one) are the bytes unpickled. A mismatch, or a file torch cannot read, raises
+    :class:`CorruptCheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
+    data = path.read_bytes()
+    recorded = hash_path(path)
+    if recorded.is_file():
+        fields = recorded.read_text(encoding="utf-8").split()
+        digest, size = hashlib.sha256(data).hexdigest(), len(data)
+        if len(fields) != 2 or fields != [digest, str(size)]:
+            raise CorruptCheckpointError(
+                f"{path} is corrupt: its SHA-256/size {digest[:16]}.../{size} differ from those recorded when "
+                f"it was written ({' '.join(fields)[:40]}...).")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError("Weights only load failed ...")
         if type(err).__name__ != "UnpicklingError" and "Weights only load failed" not in str(err):
-            raise
+            raise CorruptCheckpointError(f"{path} cannot be read as a torch checkpoint (truncated or "
+                                         f"damaged?): {err}") from None
         try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
         except Exception:  # not a zip checkpoint: fall back to the names in the message
             names = re.findall(r"GLOBAL ([\w.]+)", str(err))
         raise UnsafeCheckpointError(

@@ -17,11 +17,15 @@ import torch
 
 from art_generalist.distributed import barrier, is_main_process
 from art_generalist.plugins import PluginList
+from art_generalist.state import fingerprint
 from art_generalist.state.files import (
     FORMAT_VERSION,
+    CorruptCheckpointError,
     PathLike,
     atomic_save,
     collect_rng_states,
+    hash_path,
+    remove_stale_temporaries,
     safe_load,
     save_safetensors,
     set_rng_states,
@@ -69,6 +73,8 @@ class TrainerState:
     scheduler: Optional[Any] = None  #: the torch scheduler of the running ``fit(scheduler=...)``
     plugins: PluginList
     history: list
+    #: what this run is (:mod:`~art_generalist.state.fingerprint`), taken when ``fit`` starts
+    _run_fingerprint: Optional[dict] = None
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -77,7 +83,17 @@ class TrainerState:
                 "models": self._model_state(), "plugins": self.plugins.state_dict(),
                 "progress": {**dataclasses.asdict(self.progress), "best_score": self.best.score},
                 "history": list(self.history), "best_state": self.best.state, "rng": collect_rng_states(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "fingerprint": self._run_fingerprint or {"trainer": self.fingerprint(), "data": None}}
+
+    def fingerprint(self) -> dict:
+        """What the settings do not name: every model's structure and every learner's optimizer
+        hyper-parameters (lr before any schedule), by name."""
+        models = {"global": fingerprint.model_structure(self.global_space.model)}
+        models.update({lrn.name: fingerprint.model_structure(lrn.model) for lrn in self._learners()
+                       if lrn.model is not self.global_space.model})
+        return {"models": models, "optimizers": {lrn.name: fingerprint.optimizer_hparams(lrn.optimizer, lrn.base_lrs)
+                                                 for lrn in self._learners()}}
 
     def load_state_dict(self, state: dict, strict_settings: bool = True) -> None:
         """Restore a :meth:`state_dict`; the trainer must be built with the same model and settings."""
@@ -123,33 +139,83 @@ class TrainerState:
         return type(self).__name__
 
     def save_checkpoint(self, path: PathLike) -> Path:
-        """Write :meth:`state_dict` atomically (temporary file, then rename)."""
-        return atomic_save(self.state_dict(), path)
+        """Write :meth:`state_dict` atomically (temporary file, then rename) with its SHA-256;
+        a state holding a NaN or infinite weight is refused, so it never replaces a good one."""
+        state = self.state_dict()
+        _refuse_non_finite(state["models"], f"checkpoint {path}")
+        return atomic_save(state, path)
 
     def load_checkpoint(self, path: PathLike, strict_settings: bool = True) -> dict:
-        """Load a checkpoint written by :meth:`save_checkpoint` (weights-only; unsafe files refused)."""
-        state = safe_load(path, map_location="cpu")
-        if not isinstance(state, dict) or "format_version" not in state:
-            raise ValueError(f"{path} is not an art-generalist checkpoint.")
+        """Load a checkpoint written by :meth:`save_checkpoint` (weights-only; unsafe files refused;
+        its recorded SHA-256 verified)."""
+        state = self._read_checkpoint(path)
         self.load_state_dict(state, strict_settings=strict_settings)
         logger.info("loaded checkpoint %s (epoch %s)", path, self.progress.epoch)
         return state
 
+    @staticmethod
+    def _read_checkpoint(path: PathLike) -> dict:
+        state = safe_load(path, map_location="cpu")
+        if not isinstance(state, dict) or "format_version" not in state:
+            raise ValueError(f"{path} is not an art-generalist checkpoint.")
+        return state
+
     # -- within fit -------------------------------------------------------------------------------
-    def _start_run(self, nb_epochs: int, checkpoint_dir: Optional[PathLike], resume: bool) -> int:
-        """Resume from the newest checkpoint in ``checkpoint_dir`` or start afresh; returns the
-        first epoch to train."""
-        found = list_checkpoints(checkpoint_dir) if resume else []
-        if not found:
+    def _start_run(self, nb_epochs: int, checkpoint_dir: Optional[PathLike], resume: bool,
+                   data: Optional[dict] = None, overwrite: bool = False) -> int:
+        """Resume from the newest intact checkpoint in ``checkpoint_dir`` or start afresh; returns
+        the first epoch to train. ``data`` describes the training data (see
+        :mod:`~art_generalist.state.fingerprint`); a checkpoint of another run is refused."""
+        self._run_fingerprint = {"trainer": self.fingerprint(), "data": data}
+        found = list_checkpoints(checkpoint_dir)
+        if checkpoint_dir is not None and is_main_process():
+            remove_stale_temporaries(checkpoint_dir)  # what a killed write left
+        if found and not resume:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{checkpoint_dir} holds the checkpoints of another run ({found[-1].name}, ...): pass "
+                    f"resume=True to continue it, overwrite=True to delete them and start afresh, or another "
+                    f"checkpoint_dir.")
+            if is_main_process():
+                for old in found:
+                    old.unlink(missing_ok=True)
+                    hash_path(old).unlink(missing_ok=True)
+            barrier()
+            found = []
+        state, path = self._newest_intact(found)
+        if state is None:
             self.progress = Progress(nb_epochs=nb_epochs, global_step=self.progress.global_step,
                                      fit_history_start=len(self.history))
             self.best = BestModel()
             return 1
-        self.load_checkpoint(found[-1])
-        if self.progress.nb_epochs != nb_epochs:
-            raise ValueError(f"The checkpoint {found[-1]} belongs to a run of {self.progress.nb_epochs} "
-                             f"epochs; resume with nb_epochs={self.progress.nb_epochs}, got {nb_epochs}.")
+        stored = state.get("fingerprint") or {}
+        differ = fingerprint.differences(state.get("settings"), self.settings())
+        differ += fingerprint.differences(stored.get("trainer"), self._run_fingerprint["trainer"])
+        if stored.get("data") is not None and data is not None:
+            differ += fingerprint.differences(stored["data"], data, "data.")
+        fit_args = state["progress"].get("nb_epochs")
+        if fit_args != nb_epochs:
+            differ.append(f"nb_epochs: checkpoint {fit_args}, now {nb_epochs}")
+        if differ:
+            raise ValueError(f"The checkpoint {path} belongs to another run; resume with the same settings, model, "
+                             f"optimizer and data, or start afresh in another checkpoint_dir. What differs: "
+                             + "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else ""))
+        self.load_state_dict(state)
+        self._run_fingerprint = stored or self._run_fingerprint  # the run continues under its own record
+        logger.info("resumed from checkpoint %s (epoch %s)", path, self.progress.epoch)
         return self.progress.epoch + 1
+
+    def _newest_intact(self, found: list[Path]) -> tuple[Optional[dict], Optional[Path]]:
+        """The newest checkpoint that reads back whole, warning about each damaged one passed over."""
+        for path in reversed(found):
+            try:
+                return self._read_checkpoint(path), path
+            except CorruptCheckpointError as err:
+                logger.warning("skipping a damaged checkpoint, falling back to an older one: %s", err)
+        if found:
+            raise CorruptCheckpointError(f"Every checkpoint in {found[0].parent} is damaged "
+                                         f"({', '.join(p.name for p in found)}); nothing to resume from.")
+        return None, None
 
     def _checkpoint_epoch(self, directory: Optional[PathLike], epoch: int, every: int, keep_last: int) -> None:
         """After an epoch: write a checkpoint every ``every`` epochs and at the last one, keep
@@ -160,6 +226,7 @@ class TrainerState:
             self.save_checkpoint(Path(directory) / checkpoint_name(epoch))
             for old in list_checkpoints(directory)[:-keep_last]:
                 old.unlink(missing_ok=True)
+                hash_path(old).unlink(missing_ok=True)
         barrier()
 
     # -- export -----------------------------------------------------------------------------------
@@ -182,7 +249,25 @@ class TrainerState:
             "plugins": self.plugins.export_metadata(), "report": report,
         }
         state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        _refuse_non_finite(state, f"export {path}")
         if is_main_process():  # under torch.distributed rank 0 writes, the others wait for it
             save_safetensors(state, metadata, path)
         barrier()
         return Path(path), Path(path).with_suffix(".json")
+
+
+def _refuse_non_finite(obj: Any, what: str) -> None:
+    """Raise ``FloatingPointError`` when a floating tensor in ``obj`` (nested dicts and lists)
+    holds a NaN or an infinity."""
+    stack, bad = [("", obj)], []
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, dict):
+            stack += [(f"{name}.{k}" if name else str(k), v) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(item)]
+        elif isinstance(item, torch.Tensor) and item.is_floating_point() and not bool(torch.isfinite(item).all()):
+            bad.append(name)
+    if bad:
+        raise FloatingPointError(f"Refusing to write the {what}: {', '.join(sorted(bad)[:5])} hold NaN or "
+                                 f"infinite values (the previous file, if any, is kept).")

@@ -4,11 +4,14 @@ trainers step it. :class:`~art_generalist.trainers.base.TensorTrainer` runs the 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from art_generalist.inputs import check_batch
 from art_generalist.options import check_int
+from art_generalist.state import fingerprint
 from art_generalist.trainers.feed import array_batches, generator_batches, loader_batches, nb_array_batches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +42,10 @@ class ARTFitAPI:
         :param options: ``shuffle`` (default True), ``drop_last``, ``restore_best`` (keep the
             model of the epoch with the best validation clean + PGD accuracy), ``checkpoint_dir``,
             ``checkpoint_every`` (epochs, default 1), ``keep_last`` (checkpoints kept, default 3),
-            ``resume`` (continue from the newest checkpoint in ``checkpoint_dir``), ``stop_after``
+            ``resume`` (continue from the newest intact checkpoint in ``checkpoint_dir``; refused when
+            the checkpoint's settings, model, optimizer or data differ), ``overwrite`` (delete the
+            checkpoints another run left in ``checkpoint_dir``; without it a fresh ``fit`` into such a
+            folder is refused), ``stop_after``
             (return after this epoch of the budget, to be resumed later); ART's ``verbose`` (the
             progress bars of this call) and ``training_mode`` (``True`` only; a warning otherwise).
         :return: the history of this run, one dict per epoch.
@@ -50,7 +56,8 @@ class ARTFitAPI:
         u, y_t = self._to_device(x, y)
         nb_batches = nb_array_batches(len(u), batch_size, drop_last)
         return self._fit(array_batches(u, y_t, batch_size, nb_batches, shuffle), nb_batches, nb_epochs,
-                         validation_data, scheduler=scheduler, **options)
+                         validation_data, scheduler=scheduler,
+                         data=lambda: fingerprint.array_data(u, y_t, batch_size, shuffle, drop_last), **options)
 
     def fit_generator(self, generator: "DataGenerator", nb_epochs: int = 20, scheduler: Optional[Any] = None,
                       validation_data: Optional[tuple[Any, Any]] = None, **options: Any) -> list[dict]:
@@ -60,7 +67,8 @@ class ARTFitAPI:
         self._check_loop_args(nb_epochs, generator.batch_size)
         nb_batches = nb_array_batches(generator.size, generator.batch_size, drop_last=False)
         return self._fit(generator_batches(generator, nb_batches, self._to_device), nb_batches, nb_epochs,
-                         validation_data, scheduler=scheduler, **options)
+                         validation_data, scheduler=scheduler,
+                         data=lambda: fingerprint.iterable_data("generator", generator, nb_batches), **options)
 
     def fit_loader(self, loader: Iterable, nb_epochs: int = 20, scheduler: Optional[Any] = None,
                    validation_data: Optional[tuple[Any, Any]] = None, **options: Any) -> list[dict]:
@@ -69,12 +77,17 @@ class ARTFitAPI:
         ``DistributedSampler`` (its ``set_epoch`` is called each epoch)."""
         options = self._art_keywords(options, "fit_loader")
         self._check_loop_args(nb_epochs, 1)
-        batches = loader_batches(loader, self.global_space, self.device, self.get_classifier().nb_classes,
-                                 epoch=lambda: self.progress.epoch)
-        return self._fit(batches, len(loader), nb_epochs, validation_data, scheduler=scheduler, **options)
+        clf = self.get_classifier()
+        check = functools.partial(check_batch, input_shape=clf.input_shape, clip_values=self.clip_values,
+                                  nb_classes=clf.nb_classes)
+        batches = loader_batches(loader, self.global_space, self.device, clf.nb_classes,
+                                 epoch=lambda: self.progress.epoch, check=check)
+        return self._fit(batches, len(loader), nb_epochs, validation_data, scheduler=scheduler,
+                         data=lambda: fingerprint.iterable_data("loader", loader, len(loader)), **options)
 
     #: the keywords of the loop (see :meth:`fit`)
-    LOOP_OPTIONS = ("restore_best", "checkpoint_dir", "checkpoint_every", "keep_last", "resume", "stop_after")
+    LOOP_OPTIONS = ("restore_best", "checkpoint_dir", "checkpoint_every", "keep_last", "resume", "overwrite",
+                    "stop_after")
 
     def _art_keywords(self, options: dict, method: str) -> dict:
         """ART's keywords honoured (``verbose``) or warned about (``training_mode=False``); unknown

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from art.defences.trainer import Trainer
@@ -174,18 +174,22 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
     def _fit(self, batches: Batches, nb_batches: int, nb_epochs: int, validation_data: Optional[tuple[Any, Any]],
              restore_best: bool = False, checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
              keep_last: int = 3, resume: bool = False, stop_after: Optional[int] = None,
-             scheduler: Optional[Any] = None) -> list[dict]:
+             scheduler: Optional[Any] = None, overwrite: bool = False,
+             data: Optional[Callable[[], dict]] = None) -> list[dict]:
+        """The loop's entry: ``data`` describes the training data for the checkpoints' fingerprint
+        (called only when ``checkpoint_dir`` is given: hashing the arrays costs one host copy)."""
         self._attach_scheduler(scheduler)
         try:
+            described = data() if data is not None and checkpoint_dir is not None else None
             return self._run(batches, nb_batches, nb_epochs, validation_data, restore_best, checkpoint_dir,
-                             checkpoint_every, keep_last, resume, stop_after)
+                             checkpoint_every, keep_last, resume, stop_after, overwrite, described)
         finally:
             self._attach_scheduler(None)
             self._verbose_call = None  # fit(verbose=...) holds for that call only
 
     def _run(self, batches: Batches, nb_batches: int, nb_epochs: int, validation_data: Optional[tuple[Any, Any]],
              restore_best: bool, checkpoint_dir: Optional[str], checkpoint_every: int, keep_last: int, resume: bool,
-             stop_after: Optional[int]) -> list[dict]:
+             stop_after: Optional[int], overwrite: bool, data: Optional[dict]) -> list[dict]:
         if restore_best and validation_data is None:
             raise ValueError("`restore_best=True` needs `validation_data` (model selection never uses test data).")
         check_int(checkpoint_every, "checkpoint_every", 1)
@@ -196,7 +200,7 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
             check_int(stop_after, "stop_after", 1)
         val = self._to_device(*validation_data, name="validation_data") if validation_data is not None else None
         distributed.attach(self)  # data-parallel under torch.distributed (art_generalist.distributed)
-        first = self._start_run(nb_epochs, checkpoint_dir, resume)
+        first = self._start_run(nb_epochs, checkpoint_dir, resume, data, overwrite)
         self._begin_fit(nb_epochs, nb_batches)
         self.plugins.begin_fit(self, nb_epochs, nb_batches, lambda: self._augmented(batches()), val)
         bar = tqdm(range(first, nb_epochs + 1), desc=self.name, disable=not self.verbose, unit="epoch",

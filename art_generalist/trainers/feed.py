@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -61,7 +61,8 @@ def _sampler(loader: Iterable) -> object:
 
 
 def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, nb_classes: int,
-                   epoch: Callable[[], int]) -> Batches:
+                   epoch: Callable[[], int], check: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None
+                   ) -> Batches:
     """Epochs over a torch ``DataLoader`` of ``(x, y)`` in input units (one-hot labels accepted).
 
     A sampler with ``set_epoch`` (``DistributedSampler``) is told the zero-based epoch ``epoch()``
@@ -82,6 +83,8 @@ def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, 
             for xb, yb in loader:
                 xb = xb.to(device, torch.float32, non_blocking=True)
                 yb = yb.to(device, non_blocking=True)
+                if check is not None:  # fit's checks of arrays, per batch (one host sync)
+                    check(xb, yb)
                 if yb.dim() == 2 and yb.shape[1] == nb_classes:
                     yb = yb.argmax(1)
                 local_batch(len(xb))
