@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
+import os
 import pathlib
 
 import pytest
@@ -219,3 +222,63 @@ def test_unknown_architecture_html_and_missing_file(source, tmp_path):
         load_source(source[0], None)
     with pytest.raises(ValueError, match="num_classes"):
         load_source(source[0], "resnet18", num_classes=0)
+
+
+def _trusted_unsafe_file(sd, tmp_path):
+    path = tmp_path / "trusted.ckpt"
+    torch.save({"model": _madry(sd), "args": argparse.Namespace(arch="resnet18")}, path)  # needs full unpickling
+    return path, sha256_of(path)
+
+
+def test_unsafe_load_unpickles_the_bytes_it_hashed(source, tmp_path, monkeypatch):
+    """A file swapped in right after its SHA-256 was checked is never unpickled (TOCTOU): the verified
+    bytes are loaded, and the copy is not used for the swapped source either."""
+    sd, x, ref = source
+    path, digest = _trusted_unsafe_file(sd, tmp_path)
+    swapped, marker = tmp_path / "swapped.ckpt", tmp_path / "pwned.txt"
+    torch.save({"model": _madry({k: v + 1 for k, v in sd.items()}), "extra": _Evil(marker)}, swapped)
+    real = hashlib.sha256
+
+    class SwapAfterHashing:  # hashlib.sha256 whose digest of the trusted bytes lets the attacker swap the file
+        def __init__(self, *data):
+            self._h = real(*data)
+
+        def update(self, data):
+            self._h.update(data)
+
+        def hexdigest(self):
+            out = self._h.hexdigest()
+            if out == digest and swapped.exists():
+                os.replace(swapped, path)
+            return out
+
+    monkeypatch.setattr(hashlib, "sha256", SwapAfterHashing)
+    src = load_source(path, "resnet18", allow_unsafe_sha256=digest)
+    monkeypatch.undo()
+    assert not swapped.exists() and sha256_of(path) != digest  # the swap happened
+    assert not marker.exists()  # the swapped file was not unpickled
+    assert torch.equal(_out(src, x), ref)  # the verified weights were loaded
+    with pytest.raises(ValueError, match="refusing to unpickle"):  # the copy is bound to the source's SHA-256
+        load_source(path, "resnet18", allow_unsafe_sha256=digest)
+    assert not marker.exists()
+
+
+def test_altered_safetensors_copy_is_not_trusted(source, tmp_path, caplog):
+    """A planted copy recording the source's SHA-256 (and size) but holding other tensors is rebuilt."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    sd, x, ref = source
+    path, digest = _trusted_unsafe_file(sd, tmp_path)
+    load_source(path, "resnet18", allow_unsafe_sha256=digest)
+    copy = tmp_path / "trusted.ckpt.safetensors"
+    with safe_open(str(copy), framework="pt") as fh:
+        record = fh.metadata()
+    tensors = load_file(str(copy))
+    tensors["module.model.fc.weight"] = torch.zeros_like(tensors["module.model.fc.weight"])
+    save_file(tensors, str(copy), metadata=record)  # the genuine record, altered weights
+    with caplog.at_level(logging.WARNING, logger="art_generalist.transfer.formats"):
+        src = load_source(path, "resnet18", allow_unsafe_sha256=digest)
+    assert torch.equal(_out(src, x), ref)
+    assert "not using the safetensors copy" in caplog.text and "altered" in caplog.text
+    assert torch.equal(load_file(str(copy))["module.model.fc.weight"], sd["fc.weight"])  # rebuilt

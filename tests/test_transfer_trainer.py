@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from art_generalist.plugins import Plugin
 from art_generalist.transfer import StepLR, TransferTrainer, load_source
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -79,6 +80,9 @@ def test_step_schedule():
     sched = StepLR()
     assert [sched(e, 150) for e in (1, 50, 51, 100, 101, 150)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     assert StepLR(2, 0.5)(3, 10) == 0.5
+    # progress after iteration i of n in epoch e, e - 1 + (i + 1) / n, gets epoch e's factor
+    assert [StepLR(2, 0.5)(2 + i / 3, 10) for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
+    assert [StepLR(2, 0.5)(1 + i / 3, 10) for i in (1, 2, 3)] == [1, 1, 1]
     with pytest.raises(ValueError, match="step_epochs"):
         StepLR(0)
 
@@ -138,3 +142,45 @@ def test_every_grid_point_sees_the_same_shuffles(madry_checkpoint, data):
     trainer._make = recording
     trainer.fit(*data, nb_epochs=2, batch_size=8)
     assert orders[0.01] == orders[0.001] and len(orders[0.01]) == 4
+
+
+class _LrRecorder(Plugin):
+    """Records the lr each optimizer step used, grouped by epoch."""
+
+    name = "lr_recorder"
+
+    def __init__(self) -> None:
+        self.epochs: list[list[float]] = [[]]
+
+    def after_step(self, learner) -> None:
+        self.epochs[-1].append(learner.optimizer.param_groups[0]["lr"])
+
+    def after_epoch(self, trainer, record) -> None:
+        self.epochs.append([])
+
+
+@pytest.mark.parametrize("per_iteration", [True, False])
+def test_step_lr_used_at_every_iteration_matches_torch_steplr(per_iteration):
+    """The lr of every step of epoch k is torch's StepLR(step_size=2, gamma=0.5) stepped once per epoch:
+    epochs 1-2 at lr, 3-4 at lr/2, 5 at lr/4 (per iteration it decayed one epoch late)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU())
+    model.fc = nn.Linear(4, 3)
+    clf = PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=(3, 2, 2), nb_classes=3,
+                            clip_values=(0.0, 1.0))
+    rec = _LrRecorder()
+    trainer = TransferTrainer(clf, mode="full", lr_grid=(0.1,), step_epochs=2, gamma=0.5, plugins=[rec],
+                              per_iteration_schedules=per_iteration, seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 3, 2, 2), dtype=np.float32), rng.integers(0, 3, 12)
+    trainer.fit(x[:9], y[:9], validation_data=(x[9:], y[9:]), nb_epochs=5, batch_size=3)
+    ref_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.5)
+    expected = []
+    for _ in range(5):
+        expected.append([ref_opt.param_groups[0]["lr"]] * 3)  # 3 iterations per epoch
+        ref_opt.step()
+        ref.step()
+    assert rec.epochs[:-1] == [pytest.approx(e) for e in expected]

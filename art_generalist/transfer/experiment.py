@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,9 +29,50 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_generalist.state.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
+
 logger = logging.getLogger(__name__)
 
 MODES = ("fixed-feature", "full")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line to an append-only log and fsync it. A kill can cut only this last
+    line short, which :func:`read_jsonl` then drops; the lines before it stay whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a log written by :func:`append_jsonl` (none when there is no file).
+
+    A last line that is not JSON (an append cut short by a kill or a full disk) is dropped with a
+    warning and the file rewritten atomically without it, so the next append starts on a line of
+    its own; its run is simply redone. A bad line before the last is refused, naming the file and line.
+    """
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i < len(lines):
+                raise ValueError(f"{path}, line {i}, is not valid JSON ({err}); the log was edited or damaged. "
+                                 f"Remove that line (its run is redone) or move the file aside.") from None
+            logger.warning("%s: its last line is cut short (an interrupted write); dropped, that run is redone", path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+            return records
+    if text and not text.endswith("\n"):  # whole, but the newline was not written: the next append needs it
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def _floats(text: str) -> list[float]:
@@ -112,8 +154,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def write_outputs(out: Path, args: argparse.Namespace, runs: list[dict], n_eval: int) -> list[dict]:
     rows = summarize(runs)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": runs, "rows": rows}, indent=2,
-                                                 default=str) + "\n", encoding="utf-8")
+    atomic_write_json(out / "results.json", {"args": vars(args), "runs": runs, "rows": rows}, indent=2, default=str)
     md = [f"# Transfer: {args.source_dataset} sources ({args.model}) -> {args.target_dataset}", "",
           f"{args.target_n_train} target training images ({args.target_epochs} epochs, lr grid {args.lr_grid} "
           f"selected on a held-out 10%), {n_eval} target test points; robust = PGD-{args.pgd_steps} at "
@@ -121,7 +162,7 @@ def write_outputs(out: Path, args: argparse.Namespace, runs: list[dict], n_eval:
           "| source | source eps | mode | clean | PGD |", "|---|---|---|---|---|"]
     md += [f"| {r['method']} | {r['source_eps']:g} | {r['mode']} | {r['clean']:.2f} ± {r['clean_sd']:.2f} | "
            f"{r['robust']:.2f} ± {r['robust_sd']:.2f} |" for r in rows]
-    (out / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     plot(out / "transfer.png", rows, args)
     return rows
 
@@ -157,6 +198,7 @@ def run_transfer(args: argparse.Namespace) -> list[dict]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what a write killed mid-way left
     source_data = load_dataset(args.source_dataset, root=args.data_root, seed=args.seed, n_train=args.source_n_train)
     sources = [train_source("pgd_at" if eps > 0 else "standard", eps, args, source_data, out)
                for eps in _floats(args.source_eps)]
@@ -165,7 +207,7 @@ def run_transfer(args: argparse.Namespace) -> list[dict]:
     test_idx = np.sort(np.random.default_rng(args.seed).permutation(len(target.x_test))[:args.n_eval])
     split = {"train": (target.x_train, target.y_train), "test": (target.x_test[test_idx], target.y_test[test_idx])}
     log = out / "runs.jsonl"
-    runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
+    runs = read_jsonl(log)
     done = {(r["source"], r["mode"], r["seed"]) for r in runs}
     for source in sources:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
@@ -174,7 +216,6 @@ def run_transfer(args: argparse.Namespace) -> list[dict]:
                     continue
                 runs.append(transfer_once(source, mode, seed, args, target, split))
                 logger.info("%s", runs[-1])
-                with log.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(runs[-1]) + "\n")
+                append_jsonl(log, runs[-1])
                 write_outputs(out, args, runs, len(test_idx))
     return write_outputs(out, args, runs, len(test_idx))

@@ -13,11 +13,13 @@ never as substrings, unlike RobustBench's renaming helper):
 
 Pickled files are read with ``torch.load(weights_only=True)`` (:func:`art_generalist.state.files.safe_load`).
 Files that need full unpickling are only read when the caller gives their SHA-256
-(:func:`convert_unsafe`), which is checked first; the weights are then written once as safetensors.
+(:func:`read_unsafe`), checked on the very bytes then unpickled; the weights are then written once as
+safetensors, a copy bound to the file's SHA-256 and size and to a hash of its own tensors, re-checked on use.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ from art_generalist.state.files import PathLike, UnsafeCheckpointError, safe_loa
 
 logger = logging.getLogger(__name__)
 
-#: safetensors metadata key written by :func:`convert_unsafe`.
+#: safetensors metadata key written by :func:`read_unsafe`.
 CONVERTED_KEY = "art_generalist_transfer"
 MADRY_KEEP, MADRY_NORMALIZER = "module.model.", "module.normalizer."
 MADRY_DROP = ("module.attacker.model.", "module.attacker.normalize.")
@@ -51,6 +53,8 @@ class RawCheckpoint:
     tensors: dict[str, torch.Tensor]
     metadata: dict = field(default_factory=dict)
     export: bool = False
+    #: a safetensors copy written by :func:`read_unsafe` (``metadata`` is its record)
+    converted: bool = False
 
 
 @dataclass
@@ -96,7 +100,7 @@ def read_file(path: PathLike) -> RawCheckpoint:
             f"such as Google Drive return a confirmation or error page instead of the file; torch reports this as "
             f"\"invalid load key '<'\". Download the file again and check its SHA-256.")
     if _is_safetensors(head, path.stat().st_size):
-        return _read_safetensors(path)
+        return _parse_safetensors(path.read_bytes())
     try:
         obj = safe_load(path)  # nothing in the file runs
     except UnsafeCheckpointError as err:
@@ -107,17 +111,17 @@ def read_file(path: PathLike) -> RawCheckpoint:
     return RawCheckpoint(extract_tensors(obj, str(path)))
 
 
-def _read_safetensors(path: Path) -> RawCheckpoint:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def _parse_safetensors(data: bytes) -> RawCheckpoint:
+    """Tensors and metadata of a safetensors file's bytes (both from the same bytes, read once)."""
+    from safetensors.torch import load
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    tensors = load_file(str(path))
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    tensors = load(data)
     if "art_generalist" in meta:
         return RawCheckpoint(tensors, json.loads(meta["art_generalist"]), export=True)
     if CONVERTED_KEY in meta:
-        return RawCheckpoint(tensors, json.loads(meta[CONVERTED_KEY]))
+        return RawCheckpoint(tensors, json.loads(meta[CONVERTED_KEY]), converted=True)
     return RawCheckpoint(tensors)
 
 
@@ -189,50 +193,88 @@ def check_sha256(value: str, name: str = "allow_unsafe_sha256") -> str:
 
 
 def converted_path_for(path: PathLike, converted_path: Optional[PathLike] = None) -> Path:
-    """Where :func:`convert_unsafe` writes the safetensors copy (default: beside the file)."""
+    """Where :func:`read_unsafe` writes the safetensors copy (default: beside the file)."""
     path = Path(path)
     return Path(converted_path) if converted_path is not None else path.with_name(path.name + ".safetensors")
 
 
-def convert_unsafe(path: PathLike, sha256: str, converted_path: Optional[PathLike] = None) -> Path:
-    """Fully unpickle a trusted file, once, after checking its SHA-256, and save its weights as safetensors.
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    digest = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        digest.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
-    An existing copy made from a file with this SHA-256 is reused without unpickling anything.
-    """
+
+def _verified_copy(target: Path, sha256: str, source: Path) -> Optional[RawCheckpoint]:
+    """The copy's tensors when it was converted from a file with ``sha256`` (and the size and SHA-256 of
+    ``source``, when present) and its tensors are those it recorded; ``None`` (with a warning) otherwise."""
+    try:
+        raw = _parse_safetensors(target.read_bytes())
+    except Exception as err:  # noqa: BLE001 - unreadable: not a copy this loader wrote
+        raise CheckpointFormatError(f"{target} exists but is not a safetensors copy written by this loader "
+                                    f"({err}); remove it or pass another `converted_path`.") from None
+    if not raw.converted:
+        raise CheckpointFormatError(f"{target} exists but was not written by this loader; remove it or pass "
+                                    f"another `converted_path`.")
+    rec = raw.metadata
+    problem = None
+    if rec.get("sha256") != sha256:
+        problem = f"it records a source with SHA-256 {rec.get('sha256')!r}, not {sha256}"
+    elif not isinstance(rec.get("size"), int) or not isinstance(rec.get("tensors_sha256"), str):
+        problem = "it records no source size or tensor hash (an older or foreign copy)"
+    elif rec["tensors_sha256"] != tensors_sha256(raw.tensors):
+        problem = "its tensors are not the ones it records (altered after conversion)"
+    elif source.is_file() and source.stat().st_size != rec["size"]:
+        problem = f"{source} has {source.stat().st_size} bytes, not the {rec['size']} it records"
+    elif source.is_file() and sha256_of(source) != sha256:
+        problem = f"{source} no longer has SHA-256 {sha256}"
+    if problem is not None:
+        logger.warning("not using the safetensors copy %s: %s; converting %s again", target, problem, source)
+        return None
+    if not source.is_file():
+        logger.warning("using the safetensors copy %s: its source %s is absent, so only the copy's own record "
+                       "and tensor hash were checked", target, source)
+    logger.info("using the verified safetensors copy %s of %s", target, source)
+    return raw
+
+
+def read_unsafe(path: PathLike, sha256: str, converted_path: Optional[PathLike] = None) -> RawCheckpoint:
+    """The weights of a trusted file that needs full unpickling, from its verified safetensors copy, else
+    unpickled from the very bytes whose SHA-256 was checked (read once: a file swapped after the check is
+    never unpickled), then written once as that copy (bound to the file's SHA-256 and size)."""
     from safetensors.torch import save_file
 
-    sha256 = check_sha256(sha256)
+    sha256, path = check_sha256(sha256), Path(path)
     target = converted_path_for(path, converted_path)
-    if target.is_file():
-        meta = _read_safetensors(target).metadata
-        if meta.get("sha256") == sha256:
-            logger.info("using the safetensors copy %s of %s", target, path)
-            return target
-        raise CheckpointFormatError(f"{target} exists but was not converted from a file with SHA-256 {sha256} "
-                                    f"(it records {meta.get('sha256')!r}); remove it or pass another "
-                                    f"`converted_path`.")
-    path = Path(path)
+    rejected = target.is_file()
+    if rejected and (cached := _verified_copy(target, sha256, path)) is not None:
+        return cached
     if not path.is_file():
-        raise FileNotFoundError(f"`path_or_state_dict`: no checkpoint file at {str(path)!r}.")
-    actual = sha256_of(path)
+        raise FileNotFoundError(f"`path_or_state_dict`: no checkpoint file at {str(path)!r}"
+                                + (f" (and its copy {target} could not be trusted)." if rejected else "."))
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ValueError(f"`allow_unsafe_sha256`: {path} has SHA-256 {actual}, not {sha256}; refusing to unpickle "
                          f"it (nothing in it ran).")
     logger.warning("fully unpickling %s (SHA-256 %s, opted in by the caller)", path, sha256)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as err:
         raise CheckpointFormatError(
             f"{path} could not be unpickled even with the opt-in ({type(err).__name__}: {err}). Files pickled with "
             f"`dill` or referring to classes of a training script ('__main__') need that code importable.") from err
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in extract_tensors(obj, str(path)).items()}
+    meta = {"sha256": sha256, "size": len(data), "converted_from": path.name, "tensors_sha256": tensors_sha256(tensors)}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    meta = json.dumps({"sha256": sha256, "converted_from": path.name})
-    save_file(tensors, str(tmp), metadata={CONVERTED_KEY: meta})
+    save_file(tensors, str(tmp), metadata={CONVERTED_KEY: json.dumps(meta)})
     os.replace(tmp, target)
     logger.info("wrote the weights of %s as safetensors to %s", path, target)
-    return target
+    return RawCheckpoint(tensors, meta, converted=True)
 
 
 def read_source(source: Union[PathLike, Mapping], allow_unsafe_sha256: Optional[str] = None,
@@ -243,5 +285,5 @@ def read_source(source: Union[PathLike, Mapping], allow_unsafe_sha256: Optional[
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"`path_or_state_dict` must be a path or a state dict, got {type(source).__name__}.")
     if allow_unsafe_sha256 is not None:
-        return read_file(convert_unsafe(source, allow_unsafe_sha256, converted_path))
+        return read_unsafe(source, allow_unsafe_sha256, converted_path)
     return read_file(source)

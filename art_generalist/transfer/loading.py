@@ -159,9 +159,11 @@ def load_source(path_or_state_dict: Union[PathLike, Mapping], arch: Optional[str
         classes (see :func:`~art_generalist.transfer.heads.replace_head`, ``hidden`` too).
     :param in_channels, input_size: the input of registry models (torchvision models take 3 channels).
     :param allow_unsafe_sha256: opt-in for files that need full unpickling (e.g. MadryLab's dill
-        pickles): the file's SHA-256, checked before anything is unpickled; the weights are then
-        written once as safetensors (``converted_path``, default ``<file>.safetensors``) and later
-        calls read that copy.
+        pickles): the file's SHA-256, checked on the bytes that are then unpickled (read once); the
+        weights are then written once as safetensors (``converted_path``, default ``<file>.safetensors``)
+        and later calls read that copy while it still records this SHA-256 and the file's size, the
+        file (when present) still has them, and its tensors hash to what it records; otherwise it is
+        converted again, with a warning.
     :raises FileNotFoundError, CheckpointFormatError, UnsafeCheckpointError, KeyMismatchError, ValueError:
         with the offending argument and value named.
     """

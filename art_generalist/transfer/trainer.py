@@ -32,7 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 class StepLR:
-    """Learning-rate factor ``gamma ** floor((epoch - 1) / step)``; ``step=None`` is a third of the budget."""
+    """Learning-rate factor ``gamma ** floor((k - 1) / step)`` in 1-based epoch ``k``; ``step=None`` is a
+    third of the budget: torch's ``StepLR(step_size=step, gamma)`` stepped once per epoch.
+
+    A fractional epoch (per-iteration schedules read progress ``e - 1 + (i + 1) / n`` after iteration
+    ``i`` of ``n``, in ``(e - 1, e]``) is in epoch ``k = ceil(progress)``, so every iteration of an
+    epoch gets that epoch's factor (``floor`` of the progress would decay one epoch late).
+    """
 
     def __init__(self, step: Optional[int] = None, gamma: float = 0.1) -> None:
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
@@ -43,7 +49,8 @@ class StepLR:
 
     def __call__(self, epoch: float, nb_epochs: int) -> float:
         step = self.step or max(1, round(nb_epochs / 3))
-        return self.gamma ** math.floor((max(epoch, 1) - 1) / step)
+        k = max(math.ceil(epoch - 1e-9), 1)  # the 1-based epoch of (fractional) progress `epoch`
+        return self.gamma ** ((k - 1) // step)
 
     def __repr__(self) -> str:
         return f"StepLR(step={self.step}, gamma={self.gamma})"
