@@ -1,26 +1,24 @@
 """Data-parallel training with ``torch.distributed`` (``torchrun``; NCCL on GPUs, gloo on CPUs).
 
-When a process group of more than one rank is initialised, ``fit(x, y)`` of every trainer
-trains data-parallel, with no change to the user's code beyond launching it under ``torchrun``:
+When a process group of more than one rank is initialised, ``fit`` of every trainer trains
+data-parallel, with no change to the user's code beyond launching it under ``torchrun``:
 
-* every rank draws the same epoch permutation (rank 0's RNG state is broadcast to every rank
-  when ``fit`` starts), splits it into global batches of ``batch_size`` exactly as one process
-  would, and trains on its contiguous ``batch_size / world_size`` slice of each global batch;
-* :class:`DataParallel`, attached automatically, averages every learner's gradients (and its
-  floating-point buffers, e.g. BatchNorm running statistics) with one all-reduce of one flat
-  buffer per learner per step, so the step equals the single-process step on the global batch
-  (mean loss over the global batch) for models without BatchNorm; with BatchNorm in train mode
-  each rank normalises its own slice ("ghost" batch norm of ``batch_size / world_size``);
-* random draws of the augmentation and of the PGD random start are made for the whole global
-  batch on every rank and sliced (:func:`art_generalist.global_draws.sharded`), so they do not
-  depend on the number of ranks and every rank's RNG stays in step with a single-process run;
+* when ``fit`` starts (after any resume) every rank takes rank 0's models, optimizers, EMAs,
+  plug-in state and RNG states (:func:`broadcast_state`; torch's DistributedDataParallel takes
+  rank 0's parameters too), draws the same epoch permutation, splits it into global batches of
+  ``batch_size`` as one process would, and trains on its ``batch_size / world_size`` slice of each;
+* :class:`DataParallel` averages every learner's gradients and floating-point buffers with one
+  all-reduce per learner per step: the step equals the single-process step on the global batch
+  without BatchNorm; with BatchNorm in train mode each rank normalises its own slice ("ghost");
+* random draws (augmentation, PGD random start) are made for the whole global batch and sliced
+  (:func:`art_generalist.global_draws.sharded`), so every rank's RNG stays in step with one process;
 * the epoch's loss and accuracy are averaged over the ranks; only rank 0 writes checkpoints,
   shows progress bars and logs; every rank resumes from the same checkpoint.
 
-Set ``ART_GENERALIST_DEBUG_SYNC=1`` (or attach ``DataParallel(debug_sync=True)`` with
-:func:`attach` before ``fit``) to compare a hash of every weight and of the RNG state across
-ranks after each epoch and raise if they differ. Without an initialised process group (or with
-one rank) nothing here runs: single-process training is unchanged.
+``ART_GENERALIST_DEBUG_SYNC=1`` (or ``DataParallel(debug_sync=True)`` attached with :func:`attach`)
+compares a hash of every weight and RNG state across ranks after each epoch and raises if they
+differ. ``ART_GENERALIST_COLLECTIVE_TIMEOUT`` (or ``init_from_env(timeout_s=...)``) bounds how long a
+collective waits for a stalled rank. With one rank nothing here runs.
 """
 from __future__ import annotations
 
@@ -33,6 +31,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from art_generalist.collectives import (  # noqa: F401  (the names this module has always offered)
+    TIMEOUT_ENV_VAR,
+    _reduce_device,
+    active,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    broadcast_state,
+    broadcast_tensor,
+    collective_timeout,
+    init_from_env,
+    is_main_process,
+    world,
+)
 from art_generalist.plugins import Plugin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,75 +53,6 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 DEBUG_SYNC_ENV_VAR = "ART_GENERALIST_DEBUG_SYNC"
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def active() -> bool:
-    """Whether training is data-parallel: a process group of more than one rank is initialised."""
-    return world()[1] > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that writes checkpoints, bars and logs."""
-    return world()[0] == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if active():
-        dist.barrier()
-
-
-def _reduce_device() -> torch.device:
-    """Where small collective tensors live: the current CUDA device under NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def init_from_env(device: str) -> str:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1):
-    NCCL with one GPU per process (``LOCAL_RANK``) when ``device`` is CUDA, gloo otherwise.
-    Returns the device this process uses (``device`` itself outside ``torchrun``)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return device
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        device = f"cuda:{torch.cuda.current_device()}"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    logger.info("rank %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
-    return device
-
-
-def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Rank 0's ``t`` on every rank (``t`` itself in one process); bool tensors included."""
-    if not active():
-        return t
-    work = t.to(torch.uint8) if t.dtype == torch.bool else t.clone()
-    if dist.get_backend() == "nccl" and not work.is_cuda:
-        work = work.cuda()
-    dist.broadcast(work, src=0)
-    return (work.bool() if t.dtype == torch.bool else work).to(t.device)
-
-
-def broadcast_module(module: nn.Module) -> None:
-    """Give every rank rank 0's parameters and buffers (no-op in one process): for models trained
-    outside the package's data-parallel loop (ART's own trainers), before sharded evaluation."""
-    if not active():
-        return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            work = t.data if dist.get_backend() != "nccl" or t.is_cuda else t.data.cuda()
-            dist.broadcast(work, src=0)
-            if work is not t.data:
-                t.data.copy_(work)
 
 
 # -- sharding the global batches of fit(x, y) --------------------------------------------------------
@@ -178,9 +121,9 @@ def _flat_tensors(obj: Any) -> list[torch.Tensor]:
 
 
 class DataParallel(Plugin):
-    """Averages each learner's gradients and floating-point buffers across ranks (one all-reduce
-    of one flat buffer per learner per step, per dtype), syncs the RNG when ``fit`` starts, and
-    averages the epoch's statistics. Attached by :func:`attach`; never saved in checkpoints.
+    """Gives every rank rank 0's state when ``fit`` starts, averages each learner's gradients and
+    floating-point buffers across ranks (one all-reduce of one flat buffer per learner per step,
+    per dtype) and the epoch's statistics. Attached by :func:`attach`; never saved in checkpoints.
 
     :param debug_sync: after each epoch, compare a hash of the trainer's weights and RNG state
         across ranks and raise ``RuntimeError`` if they differ (default: ``$ART_GENERALIST_DEBUG_SYNC``).
@@ -194,27 +137,22 @@ class DataParallel(Plugin):
 
     def begin_fit(self, trainer: Any, nb_epochs: int, nb_batches: int, batches: Callable,
                   validation: Any) -> None:
-        """Every rank continues from rank 0's RNG state (the same shuffles and random starts)."""
+        """Every rank continues from rank 0's state (after a resume, if any): every model, optimizer
+        and EMA (``trainer._model_state()``), the plug-ins' state and the RNG states. Models load in
+        place, so the optimizers keep their parameters."""
         from art_generalist.state.files import collect_rng_states, set_rng_states  # (state imports this module)
 
-        states = [collect_rng_states()]
-        dist.broadcast_object_list(states, src=0)
-        set_rng_states(states[0])
+        mine = {"models": trainer._model_state(), "plugins": trainer.plugins.state_dict(),
+                "rng": collect_rng_states()} if world()[0] == 0 else None
+        state = broadcast_state(mine)
+        if state is not mine:
+            trainer._load_model_state(state["models"])
+            trainer.plugins.load_state_dict(state["plugins"])
+            set_rng_states(state["rng"])
 
     def reduce_gradients(self, learner: "Learner") -> None:
         """Replace each gradient and float buffer by its mean over the ranks."""
-        size = world()[1]
-        tensors = [p.grad for p in learner.model.parameters() if p.grad is not None]
-        tensors += [b for b in learner.model.buffers() if b.is_floating_point()]
-        for dtype in sorted({t.dtype for t in tensors}, key=str):
-            group = [t for t in tensors if t.dtype == dtype]
-            flat = torch.cat([t.reshape(-1) for t in group])
-            dist.all_reduce(flat)
-            flat.div_(size)
-            offset = 0
-            for t in group:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
+        average_gradients(learner.model)
 
     def after_epoch(self, trainer: Any, record: dict) -> None:
         """The epoch's loss and accuracy over all ranks; with ``debug_sync``, the sync check."""

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from tests.conftest import tiny_net
 from tests.test_checkpoint import _assert_identical, _tensors
 
 WORKER = pathlib.Path(__file__).with_name("_dp_worker.py")
+SYNC_WORKER = pathlib.Path(__file__).with_name("_dp_sync_worker.py")
 TIMEOUT_S = 120  # the launch takes about 15 s; a hung rank is killed after this
 
 
@@ -33,23 +35,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(out: pathlib.Path, *mode: str) -> tuple[list[int], list[str]]:
+def _launch(out: pathlib.Path, *mode: str, worker: pathlib.Path = WORKER, timeout_s: float = TIMEOUT_S,
+            env: Optional[dict] = None) -> tuple[list[int], list[str]]:
     """Run 2 ranks of the worker to the end; (return codes, logs)."""
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", port, str(out), *mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", port, str(out), *mode], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+             for r in range(2)]
     logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+            logs.append(p.communicate(timeout=timeout_s)[0])
     except subprocess.TimeoutExpired:
-        pytest.fail(f"a data-parallel rank hung for {TIMEOUT_S} s")
+        pytest.fail(f"a data-parallel rank hung for {timeout_s} s")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     return [p.returncode for p in procs], logs
+
+
+def _checkpoints(directory: pathlib.Path) -> list[str]:
+    """The checkpoint files in ``directory`` (not the files written beside them, e.g. their hashes)."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".pt")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +96,7 @@ def test_each_rank_trains_on_half_of_each_global_batch(ranks):
 def test_rank_zero_alone_writes_the_checkpoints(ranks):
     r0, r1 = ranks[0]("generalist_fit")
     assert r0["saved"] == ["checkpoint-epoch00001.pt", "checkpoint-epoch00002.pt"] and r1["saved"] == []
-    assert sorted(p.name for p in (ranks[1] / "ckpt").iterdir()) == r0["saved"]
+    assert _checkpoints(ranks[1] / "ckpt") == r0["saved"]
 
 
 def test_two_ranks_resume_bit_identically_and_one_process_resumes_their_checkpoint(ranks, digits, tmp_path):
@@ -108,7 +117,7 @@ def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(ranks):
     out = ranks[1]
     codes, logs = _launch(out, "killed")
     assert codes == [137, 137], "\n".join(log[-2000:] for log in logs)
-    assert sorted(p.name for p in (out / "killed").iterdir()) == ["checkpoint-epoch00001.pt"]
+    assert _checkpoints(out / "killed") == ["checkpoint-epoch00001.pt"]
     codes, logs = _launch(out, "after_kill")
     assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     full = ranks[0]("generalist_fit")[0]
@@ -208,6 +217,129 @@ def test_fit_loader_with_a_distributed_sampler_trains_on_the_global_batches(rank
     assert _max_diff(trainer.state_dict()["models"], r0["models"]) < 1e-5
 
 
+# -- ranks that start apart, Robust Bird, stalled ranks (tests/_dp_sync_worker.py) --------------------
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory):
+    """Launch 2 ranks of the sync worker once; ``load(scenario) -> [rank 0's result, rank 1's]``.
+    A rank that fails is reported by the tests that need its results."""
+    out = tmp_path_factory.mktemp("dp_sync")
+    codes, logs = _launch(out, "sync", worker=SYNC_WORKER)
+
+    def load(name: str) -> list:
+        files = [out / f"{name}-rank{r}.pt" for r in range(2)]
+        if not all(f.exists() for f in files):
+            pytest.fail(f"no result for {name} (return codes {codes}):\n" + "\n".join(log[-3000:] for log in logs))
+        return [torch.load(f, weights_only=False) for f in files]
+    return load
+
+
+def test_ranks_seeded_apart_train_rank_zeros_model_from_its_initial_state(synced):
+    """Point 7: each rank builds its own initial weights and momentum buffers (seeded apart); when
+    fit starts every rank takes rank 0's weights, optimizer, EMAs and RNG, as torch's DDP does at
+    construction: the ranks end identical, equal to one process run from rank 0's initial state."""
+    from tests._dp_sync_worker import seeded_apart
+
+    r0, r1 = synced("seeded_apart")
+    assert _max_diff(r0["initial"], r1["initial"]) > 0.1  # the ranks did start apart
+    assert r0["error"] is None and r1["error"] is None, r0["error"] or r1["error"]
+    _assert_identical(r0["models"], r1["models"])
+    single = seeded_apart()  # one process, rank 0's seeds
+    assert _max_diff(single["initial"], r0["initial"]) == 0
+    assert _max_diff(single["models"], r0["models"]) < 1e-5
+
+
+def _stage1(result: dict) -> dict:
+    return next(v for v in result["plugins"].values() if isinstance(v, dict) and "stage1" in v)
+
+
+def test_robust_bird_searches_data_parallel_like_one_process(synced):
+    """Point 8: Robust Bird's dense search averages its gradients across the ranks (each trains on
+    its half of every global batch), so masks, stop epoch and weights agree across the ranks and
+    equal the single-process run on the global batches."""
+    from tests._dp_sync_worker import robust_bird
+
+    r0, r1 = synced("robust_bird")
+    assert r0["error"] is None and r1["error"] is None, r0["error"] or r1["error"]
+    _assert_identical(r0["models"], r1["models"])
+    _assert_identical(_untimed(r0["plugins"]), _untimed(r1["plugins"]))  # masks, stop epoch, distances
+    single = robust_bird()
+    s0, one = _stage1(r0), _stage1(single)
+    assert s0["stage1"]["epochs"] == one["stage1"]["epochs"] and s0["stage1"]["emerged"] == one["stage1"]["emerged"]
+    assert s0["stage1"]["examples"] == one["stage1"]["examples"] == 128 * s0["stage1"]["epochs"]
+    assert all(torch.equal(s0["masks"][k], one["masks"][k]) for k in one["masks"])
+    assert _max_diff(single["models"], r0["models"]) < 1e-5
+
+
+def test_robust_bird_ranks_follow_rank_zeros_stop_decision(synced):
+    """Point 8: rank 0 stops the search at epoch 2, rank 1 on its own would search all 3 epochs:
+    both stop where rank 0 decides and end with the same weights and masks."""
+    r0, r1 = synced("robust_bird_stop")
+    assert r0["error"] is None and r1["error"] is None, r0["error"] or r1["error"]
+    for r in (r0, r1):
+        assert _stage1(r)["stage1"]["epochs"] == 2 and _stage1(r)["stage1"]["emerged"]
+    _assert_identical(r0["models"], r1["models"])
+    assert all(torch.equal(_stage1(r0)["masks"][k], _stage1(r1)["masks"][k]) for k in _stage1(r0)["masks"])
+
+
+def test_a_stalled_rank_makes_the_others_fail_after_the_collective_timeout(tmp_path):
+    """Point 13a: with ART_GENERALIST_COLLECTIVE_TIMEOUT=5, rank 0 waiting in a collective that
+    rank 1 never joins raises after about 5 s instead of waiting (torch's default: 30 minutes)."""
+    codes, logs = _launch(tmp_path, "timeout", worker=SYNC_WORKER, timeout_s=60,
+                          env={"ART_GENERALIST_COLLECTIVE_TIMEOUT": "5"})
+    assert (tmp_path / "timeout-rank0.pt").exists(), "\n".join(log[-2000:] for log in logs)
+    report = torch.load(tmp_path / "timeout-rank0.pt", weights_only=False)
+    assert report["error"] is not None and "timed out" in report["error"].lower(), report
+    assert 4 < report["seconds"] < 12, report
+
+
+class _Joined(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arg, env, seconds", [(5, None, 5.0), (None, "7.5", 7.5), (2.5, "7.5", 2.5),
+                                               (None, None, None)])
+def test_the_collective_timeout_reaches_the_process_group(monkeypatch, arg, env, seconds):
+    """Point 13a: ``init_from_env(device, timeout_s=...)`` (else the environment variable, else
+    torch's default) is the process group's ``timeout``."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from art_generalist.distributed import init_from_env
+
+    seen = {}
+
+    def fake_init(backend, **kwargs):
+        seen.update(backend=backend, **kwargs)
+        raise _Joined  # the test process joins no group
+
+    monkeypatch.setattr(dist, "init_process_group", fake_init)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if env is None:
+        monkeypatch.delenv("ART_GENERALIST_COLLECTIVE_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("ART_GENERALIST_COLLECTIVE_TIMEOUT", env)
+    with pytest.raises(_Joined):
+        init_from_env("cpu", **({} if arg is None else {"timeout_s": arg}))
+    assert seen["backend"] == "gloo"
+    assert seen.get("timeout") == (None if seconds is None else datetime.timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize("arg, env, named", [(0, None, "timeout_s"), (-1.0, None, "timeout_s"),
+                                             (float("nan"), None, "timeout_s"), (float("inf"), None, "timeout_s"),
+                                             (None, "0", "ART_GENERALIST_COLLECTIVE_TIMEOUT"),
+                                             (None, "soon", "ART_GENERALIST_COLLECTIVE_TIMEOUT")])
+def test_a_non_positive_collective_timeout_is_refused(monkeypatch, arg, env, named):
+    """Refused with the option named, before any process group is joined (torchrun or not)."""
+    from art_generalist.distributed import init_from_env
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    if env is not None:
+        monkeypatch.setenv("ART_GENERALIST_COLLECTIVE_TIMEOUT", env)
+    with pytest.raises(ValueError, match=named):
+        init_from_env("cpu", **({} if arg is None else {"timeout_s": arg}))
+
+
 # -- single process: the global-batch draws ---------------------------------------------------------
 def test_slice_draws_equal_the_global_batch_draws():
     """A rank's augmentation and PGD random start equal the slice of the single-process draws,
@@ -250,7 +382,7 @@ def test_the_cli_trains_under_torchrun_like_one_process(tmp_path):
     two, one = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     assert two.keys() == one.keys()
     assert max((two[k].double() - one[k].double()).abs().max().item() for k in one) < 1e-5
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
+    assert _checkpoints(tmp_path / "two" / "checkpoints") == [
         "checkpoint-epoch00001.pt", "checkpoint-epoch00002.pt"]
 
 

@@ -166,9 +166,10 @@ class SparsityPlugin(Plugin):
     def apply_all(self) -> None:
         """Zero the masked weights of every model and the masked optimizer state of every learner.
         Under torch.distributed every rank takes rank 0's masks first, so all prune the same weights."""
-        if distributed.active():
-            for name in list(self.masks):
-                self.masks[name] = distributed.broadcast_tensor(self.masks[name])
+        if distributed.active():  # one flat buffer for all the masks
+            names = list(self.masks)
+            for name, mask in zip(names, distributed.broadcast_state([self.masks[n] for n in names])):
+                self.masks[name] = mask
         for model in self._models:
             self.masks.apply_(model)
         for lrn in self._learners:

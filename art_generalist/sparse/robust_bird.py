@@ -19,8 +19,10 @@ Then the trainer's adversarial fit (**stage 2**) proceeds with the mask fixed. T
 learning rate matches the official run, whose search ends long before its first decay. Stage-1
 epochs, examples, seconds and FLOPs are recorded (in checkpoints, exports and
 ``trainer.sparsity_report()``) and count in the training FLOPs. A run resumed from a stage-2
-checkpoint does not search again. Stage 1 calls no plug-in hook (gradient reduction across
-processes included).
+checkpoint does not search again. Stage 1 calls no plug-in hook; under ``torch.distributed`` it
+averages its own gradients across the ranks (each trains on its slice of the global batches, as in
+stage 2), follows rank 0's stop decision and ends with rank 0's weights, so every rank installs
+the same ticket (its examples and FLOPs count every rank's).
 
 Unstructured sparsity saves FLOPs, not wall-clock time on dense kernels (see
 :mod:`~art_generalist.sparse.report`).
@@ -28,11 +30,14 @@ Unstructured sparsity saves FLOPs, not wall-clock time on dense kernels (see
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import torch
 from torch import nn
 
+from art_generalist import distributed
 from art_generalist.estimators import clone_optimizer
 from art_generalist.objectives import NaturalCE
 from art_generalist.plugins import Batch
@@ -106,11 +111,14 @@ class RobustBird(SparsityPlugin):
                     loss = objective(space, u, y).loss
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    distributed.average_gradients(model)  # the step on the global batch
                     optimizer.step()
-                    seen += len(y)
+                    seen += len(y) * distributed.world()[1]
                 recent = [*recent, Masks.global_magnitude(model, self.density, layers=layers)][-self.window:]
                 distance = (max(recent[-1].hamming(old) for old in recent[:-1]) if len(recent) == self.window
                             else None)
+                emerged, distance = self._rank0_decision(early_bird_emerged(recent, self.threshold, self.window),
+                                                         distance)
                 s = self.stage1
                 s["epochs"], s["examples"] = s["epochs"] + 1, s["examples"] + seen
                 s["train_flops"] += seen * per_example
@@ -118,12 +126,13 @@ class RobustBird(SparsityPlugin):
                 s["distances"].append(distance)
                 logger.info("Robust Bird stage 1, epoch %d/%d: largest Hamming distance to the last %d masks %s",
                             epoch, max_epochs, self.window - 1, "n/a" if distance is None else f"{distance:.4f}")
-                if early_bird_emerged(recent, self.threshold, self.window):
+                if emerged:
                     s["emerged"] = True
                     break
         finally:
             space.train(was_training)
             model.zero_grad(set_to_none=True)
+        distributed.broadcast_module(model)  # every rank prunes and installs rank 0's weights
         ticket = Masks.global_magnitude(model, self.density, layers="conv+linear")
         state = model.state_dict()
         for other in self._models:
@@ -136,6 +145,15 @@ class RobustBird(SparsityPlugin):
                     self.stage1["emerged"] else "no early bird (search budget spent)", self.stage1["epochs"],
                     ticket.density())
         return ticket
+
+    @staticmethod
+    def _rank0_decision(emerged: bool, distance: Optional[float]) -> tuple[bool, Optional[float]]:
+        """Rank 0's stop decision and distance on every rank (the arguments in one process)."""
+        if not distributed.active():
+            return emerged, distance
+        sent = torch.tensor([float(emerged), math.nan if distance is None else distance], dtype=torch.float64)
+        got = distributed.broadcast_tensor(sent).tolist()
+        return bool(got[0]), None if math.isnan(got[1]) else got[1]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "stage1": {**self.stage1, "distances": list(self.stage1["distances"])}}
