@@ -1,9 +1,13 @@
-"""``art-generalist``: benchmark, train and evaluate from the command line."""
+"""``art-generalist``: benchmark, train and evaluate from the command line.
+
+Every number is checked when the arguments are parsed: a count below its minimum, a zero or
+negative step, ε or learning rate, nan or inf, an unknown device is refused with the flag's name
+(exit code 2), never replaced by a default or run anyway."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -12,41 +16,98 @@ import torch
 
 from art_generalist import distributed
 from art_generalist.attacks import madry_step
-from art_generalist.benchmark.fronts import FRONT_METHODS
-from art_generalist.benchmark.run import METHODS, BenchmarkConfig, format_fronts, format_table
-from art_generalist.benchmark.sparse import format_paper_table
-from art_generalist.config import GeneralistConfig
+from art_generalist.benchmark import command as benchmark_command
 from art_generalist.data import DATASETS
 from art_generalist.estimators import build_classifier
+from art_generalist.evaluation.autoattack_adapter import AA_VERSIONS
+from art_generalist.evaluation.core import ATTACKS
 from art_generalist.models import default_model
+from art_generalist.state.files import atomic_write_json, remove_stale_temporaries
+from art_generalist.transfer.experiment import MODES
+
+
+def _number(kind: type, low: float, strict: bool = False) -> Any:
+    """An argparse type: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+    return parse
+
+
+COUNT, NONNEGATIVE, POSITIVE, NONNEGATIVE_FLOAT = _number(int, 1), _number(int, 0), _number(float, 0, True), \
+    _number(float, 0)
+
+
+def _listed(item: Any) -> Any:
+    """An argparse type: a comma list whose every value ``item`` accepts (the text is kept as given)."""
+    def parse(text: str) -> str:
+        for value in (v.strip() for v in text.split(",")):
+            if value:
+                item(value)
+        return text
+    return parse
+
+
+def _names(allowed: Sequence[str]) -> Any:
+    """An argparse type: a comma list of distinct names from ``allowed``."""
+    def parse(text: str) -> str:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        if not names or len(set(names)) != len(names) or any(n not in allowed for n in names):
+            raise argparse.ArgumentTypeError(f"a comma list of distinct names from {list(allowed)}, got {text!r}")
+        return text
+    return parse
+
+
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N that this machine has: ART's classifiers would run anything else on the CPU."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: ART's PyTorch classifiers run on cpu or cuda only")
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     p.add_argument("--model", default=None, help="model registry name (default: per data set)")
-    p.add_argument("--eps", type=float, default=None, help="ε in [0, 1] input units (default: per data set)")
+    p.add_argument("--eps", type=POSITIVE, default=None,
+                   help="ε > 0 in input units, [0, 1] for the bundled data sets (default: per data set)")
     _runtime(p)
 
 
 def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="default: $ART_GENERALIST_DATA")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0)
+    p.add_argument("--threads", type=COUNT, default=None, help="torch CPU threads")
+    p.add_argument("--collective-timeout", type=POSITIVE, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds a collective may wait for the other ranks before the run fails "
+                        "(default: $ART_GENERALIST_COLLECTIVE_TIMEOUT, else torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--eps-step", type=float, default=None, help="default 2.5·eps/max_iter")
-    p.add_argument("--max-iter", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--epochs", type=COUNT, default=10)
+    p.add_argument("--eps-step", type=POSITIVE, default=None, help="default 2.5·eps/max_iter")
+    p.add_argument("--max-iter", type=COUNT, default=10)
+    p.add_argument("--batch-size", type=COUNT, default=128)
+    p.add_argument("--lr", type=POSITIVE, default=0.05)
     p.add_argument("--lr-schedule", default="official", choices=["official", "multistep", "constant"],
                    help="lr factor over the budget: official (Generalist's: 1, 1, 0.1, 0.01 linear through 0, "
                         "E/3, 2E/3, E), multistep (x0.1 after E/2 and 3E/4, the sparse paper's), constant")
-    p.add_argument("--n-train", type=int, default=None, help="training subset size (default: all)")
-    p.add_argument("--n-val", type=int, default=200, help="validation points taken from the training split")
+    p.add_argument("--n-train", type=COUNT, default=None, help="training subset size (default: all)")
+    p.add_argument("--n-val", type=NONNEGATIVE, default=200, help="validation points taken from the training split")
 
 
 def _transfer_parser(sub: Any) -> None:
@@ -56,40 +117,22 @@ def _transfer_parser(sub: Any) -> None:
     t.add_argument("--source-dataset", default="fashion_mnist")
     t.add_argument("--target-dataset", default="mnist")
     t.add_argument("--model", default="smallcnn", help="registry model of the sources")
-    t.add_argument("--source-eps", default="0,0.05,0.1,0.2", help="comma list; 0 = standard training")
-    t.add_argument("--generalist-eps", default="0.1", help="comma list of eps for Generalist sources ('' for none)")
-    t.add_argument("--source-epochs", type=int, default=5)
-    t.add_argument("--source-n-train", type=int, default=10000)
-    t.add_argument("--max-iter", type=int, default=5, help="PGD steps of source training")
-    t.add_argument("--target-n-train", type=int, default=2000)
-    t.add_argument("--target-epochs", type=int, default=6)
-    t.add_argument("--modes", default="fixed-feature,full")
-    t.add_argument("--seeds", default="0,1,2")
-    t.add_argument("--lr-grid", default="0.01,0.001")
-    t.add_argument("--target-eps", type=float, default=0.1, help="eps of the downstream PGD evaluation")
-    t.add_argument("--pgd-steps", type=int, default=20)
-    t.add_argument("--n-eval", type=int, default=1000)
+    t.add_argument("--source-eps", default="0,0.05,0.1,0.2", type=_listed(NONNEGATIVE_FLOAT),
+                   help="comma list; 0 = standard training")
+    t.add_argument("--generalist-eps", default="0.1", type=_listed(POSITIVE),
+                   help="comma list of eps for Generalist sources ('' for none)")
+    t.add_argument("--source-epochs", type=COUNT, default=5)
+    t.add_argument("--source-n-train", type=COUNT, default=10000)
+    t.add_argument("--max-iter", type=COUNT, default=5, help="PGD steps of source training")
+    t.add_argument("--target-n-train", type=COUNT, default=2000)
+    t.add_argument("--target-epochs", type=COUNT, default=6)
+    t.add_argument("--modes", default="fixed-feature,full", type=_names(MODES))
+    t.add_argument("--seeds", default="0,1,2", type=_listed(NONNEGATIVE))
+    t.add_argument("--lr-grid", default="0.01,0.001", type=_listed(POSITIVE))
+    t.add_argument("--target-eps", type=POSITIVE, default=0.1, help="eps of the downstream PGD evaluation")
+    t.add_argument("--pgd-steps", type=COUNT, default=20)
+    t.add_argument("--n-eval", type=COUNT, default=1000)
     t.add_argument("--out", default="transfer_out")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _generalist_options(text: str) -> dict:
-    """A JSON object of Generalist options, checked against :class:`GeneralistConfig`."""
-    value = _json_object(text)
-    try:
-        GeneralistConfig.from_options(**value)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,57 +141,22 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="Generalist vs ART Madry vs ART TRADES at the same budget")
     _common(b)
     _training(b)
-    b.add_argument("--methods", default="generalist,art_madry,art_trades",
-                   help=f"comma list of {list(METHODS)}; a knob after @ sweeps a front: generalist@0.7 (final β), "
-                        "art_trades@3 or trades@3 (TRADES β), flying_bird@0.2 (density of the sparse methods, "
-                        "default 0.2)")
-    b.add_argument("--paper-metrics", action="store_true",
-                   help="the sparse-training paper's columns for every method: robust and clean accuracy of the "
-                        "best (validation PGD) and final epochs, their difference, the train − test robust gap, "
-                        "training and inference FLOPs; a second table in results.md and sparse.png")
-    b.add_argument("--sparse-init", default="igq", choices=["igq", "erk", "uniform"],
-                   help="layer densities of Flying Bird(+): igq (the official default) keeps small layers denser, "
-                        "which on SmallCNN leaves 57%% of the dense FLOPs at density 0.2; erk 21%%")
-    b.add_argument("--sparse-init-scale", default="auto", choices=["auto", "none", "fan_in"],
-                   help="Flying Bird(+)'s initial rescale of the kept weights: fan_in restores each unit's dense "
-                        "scale, none is the official start, auto (default) is fan_in on models without "
-                        "normalisation layers")
-    b.add_argument("--sparse-args", default=None, type=_json_object,
-                   help="extra plug-in arguments per sparse family as a JSON object, e.g. "
-                        "'{\"flying_bird_plus\": {\"update_threshold\": 0.75}}'")
-    b.add_argument("--fronts", action="store_true",
-                   help=f"trade-off fronts: --methods {','.join(FRONT_METHODS)}")
-    b.add_argument("--n-eval", type=int, default=300, help="test points evaluated")
-    b.add_argument("--aa-version", default="fast", help="AutoAttack: standard, fast (APGD-CE + APGD-T), apgd-ce")
-    b.add_argument("--pgd-steps", type=int, default=20)
-    b.add_argument("--per-iteration-schedules", action="store_true",
-                   help="every method's lr (and Generalist's β) follows the schedule at fractional epochs "
-                        "(ART's trainers in --art-lr-chunks chunks per epoch); for runs of a few epochs")
-    b.add_argument("--art-lr-chunks", type=int, default=20,
-                   help="ART fit calls per epoch with --per-iteration-schedules")
-    b.add_argument("--generalist-args", default=None, type=_generalist_options,
-                   help="Generalist options as a JSON object, e.g. "
-                        "'{\"distribute_every\": 0.125, \"beta_schedule\": [[0, 0.333, 0.667, 1], [1, 1, 1, 0.2]]}'; "
-                        f"options: {', '.join(n for n in GeneralistConfig.flat_names() if n != 'learners')}")
-    b.add_argument("--no-base-learners", action="store_true", help="skip evaluating Generalist's base learners")
-    b.add_argument("--resume", action="store_true",
-                   help="keep the methods already finished in --out and resume the others from their checkpoints")
-    b.add_argument("--out", default="results")
+    benchmark_command.add_arguments(b, count=COUNT)
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
     _common(t)
     _training(t)
     t.add_argument("--method", default="generalist", choices=["generalist", "pgd_at", "trades", "mart"])
     t.add_argument("--out", default="runs/train")
-    t.add_argument("--checkpoint-every", type=int, default=1)
+    t.add_argument("--checkpoint-every", type=COUNT, default=1)
     t.add_argument("--resume", action="store_true")
     _transfer_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate an exported model (clean, PGD, CW, AutoAttack, checks)")
     _common(e)
     e.add_argument("model_path", help="a .safetensors file written by `train` or `trainer.export`")
-    e.add_argument("--n-eval", type=int, default=1000)
-    e.add_argument("--attacks", default="pgd,cw,autoattack")
-    e.add_argument("--aa-version", default="standard")
-    e.add_argument("--pgd-steps", type=int, default=50)
+    e.add_argument("--n-eval", type=COUNT, default=1000)
+    e.add_argument("--attacks", default="pgd,cw,autoattack", type=_names(ATTACKS))
+    e.add_argument("--aa-version", default="standard", choices=sorted(AA_VERSIONS))
+    e.add_argument("--pgd-steps", type=COUNT, default=50)
     e.add_argument("--checks", default="cheap", choices=["cheap", "all", "none"])
     e.add_argument("--out", default=None, help="write the report as JSON here")
     return root
@@ -162,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     joined = not distributed.active()
-    args.device = distributed.init_from_env(args.device)  # under torchrun: join the process group
+    # under torchrun: join the process group
+    args.device = distributed.init_from_env(args.device, timeout_s=args.collective_timeout)
     joined = joined and distributed.active()
     if not distributed.is_main_process():  # rank 0 prints, writes and logs; the others only compute
         logging.getLogger("art_generalist").setLevel(logging.WARNING)
@@ -183,27 +192,7 @@ def _say(text: str) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from art_generalist.benchmark.run import run_benchmark
-
-    cfg = BenchmarkConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, eps=args.eps,
-                          eps_step=args.eps_step, max_iter=args.max_iter,
-                          methods=FRONT_METHODS if args.fronts else tuple(m.strip() for m in args.methods.split(",")
-                                                                          if m.strip()),
-                          n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, aa_version=args.aa_version,
-                          pgd_steps=args.pgd_steps, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root,
-                          device=args.device, seed=args.seed, out=args.out, verbose=not args.quiet,
-                          per_iteration_schedules=args.per_iteration_schedules, art_lr_chunks=args.art_lr_chunks,
-                          base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
-                          resume=args.resume, paper_metrics=args.paper_metrics, sparse_init=args.sparse_init,
-                          sparse_init_scale=args.sparse_init_scale, lr_schedule=args.lr_schedule,
-                          sparse_args=args.sparse_args or {})
-    results = run_benchmark(cfg)
-    _say(format_table(results["rows"]))
-    _say(format_fronts(results["fronts"]))
-    if args.paper_metrics:
-        _say(format_paper_table(results["rows"]))
-    _say(f"\nwrote {Path(args.out) / 'results.json'}, results.md and tradeoff.png")
-    return 0
+    return benchmark_command.run(args, _say)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -217,20 +206,23 @@ def _train(args: argparse.Namespace) -> int:
     model = get_model(args.model or default_model(args.dataset), data.input_shape[0], data.nb_classes,
                       data.input_shape[-1])
     clf = build_classifier(model, data, lr=args.lr, device=args.device)
-    budget = dict(eps=eps, eps_step=args.eps_step or madry_step(eps, args.max_iter), max_iter=args.max_iter,
+    eps_step = madry_step(eps, args.max_iter) if args.eps_step is None else args.eps_step
+    budget = dict(eps=eps, eps_step=eps_step, max_iter=args.max_iter,
                   verbose=not args.quiet, lr_schedule=args.lr_schedule)
     trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"
                else SingleLearnerTrainer(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
     n_val = args.n_val
     x_val, y_val = data.x_train[:n_val], data.y_train[:n_val]
     out = Path(args.out)
+    if distributed.is_main_process():
+        remove_stale_temporaries(out)  # what a write killed mid-way left
     history = trainer.fit(data.x_train[n_val:], data.y_train[n_val:], nb_epochs=args.epochs,
                           batch_size=args.batch_size, validation_data=(x_val, y_val) if n_val else None,
                           checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
                           resume=args.resume)
     weights, meta = trainer.export(out / "model.safetensors")
     if distributed.is_main_process():
-        (out / "history.json").write_text(json.dumps(history, indent=2, default=str) + "\n", encoding="utf-8")
+        atomic_write_json(out / "history.json", history, indent=2, default=str)
     last = history[-1]
     _say(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
           f"PGD {last.get('val_pgd_acc')}; wrote {weights} and {meta}")

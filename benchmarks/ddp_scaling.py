@@ -15,12 +15,13 @@ Run it on an otherwise idle machine: the numbers are wall-clock.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from art_generalist.state.files import atomic_write_json, read_json, remove_stale_temporaries
 
 
 def _port() -> int:
@@ -36,7 +37,7 @@ def run(name: str, procs: int, threads: int, train_args: list[str], out: Path) -
     if procs > 1:
         cmd = ["-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={_port()}", *cmd]
     subprocess.run([sys.executable, *cmd], check=True, env=env)
-    history = json.loads((target / "history.json").read_text(encoding="utf-8"))
+    history = read_json(target / "history.json")
     seconds = sum(h["seconds"] for h in history)
     examples = sum(h["examples"] for h in history)
     return {"name": name, "processes": procs, "threads_per_process": threads, "train_seconds": seconds,
@@ -61,6 +62,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     train_args = ["--dataset", args.dataset, "--data-root", args.data_root, "--n-train", str(args.n_train),
                   "--n-val", "0", "--epochs", str(args.epochs), "--max-iter", "5", "--batch-size", "128",
                   "--quiet", "--seed", "0"]
@@ -72,7 +74,7 @@ def main() -> None:
         row["speedup"] = row["examples_per_s"] / base
     result = {"command": " ".join(sys.argv), "train_args": train_args, "rows": rows,
               "max_weight_diff_nprocs_vs_1proc": max_weight_diff(out / f"{n}procs_1thread", out / "1proc_1thread")}
-    (out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "scaling.json", result, indent=2)
     print("| run | processes × threads | train s | examples/s | speed-up |")
     print("|---|---|---|---|---|")
     for r in rows:

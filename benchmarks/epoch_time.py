@@ -10,7 +10,6 @@ updates; ART's Madry trainer does PGD in numpy round trips with 32-example sub-b
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -22,6 +21,7 @@ from art_generalist import GeneralistTrainer
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.models import SmallCNN
+from art_generalist.state.files import atomic_write_json
 
 
 def classifier(data, device: str, seed: int) -> PyTorchClassifier:
@@ -81,8 +81,8 @@ def main() -> None:
         for name in variants:
             print(f"ratio {name} / art_madry = {med[name] / med['art_madry']:.3f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "times": times, "median": med, "torch": torch.__version__}, fh, indent=2)
+        atomic_write_json(args.json, {"args": vars(args), "times": times, "median": med, "torch": torch.__version__},
+                          indent=2)
 
 
 if __name__ == "__main__":

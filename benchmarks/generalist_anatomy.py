@@ -67,6 +67,7 @@ from art_generalist.generalist import Generalist
 from art_generalist.models import get_model
 from art_generalist.state import list_checkpoints
 from art_generalist.trainers import TensorTrainer
+from art_generalist.transfer.experiment import append_jsonl, read_jsonl
 from art_generalist.validation import madry_attack, robust_flags
 
 #: β ≡ 1: the global learner never takes the natural teacher.
@@ -232,9 +233,8 @@ def compare_states(mine: dict, reference: dict) -> dict:
 
 
 def append(path: str, record: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """One fsynced line; a line a kill cut short is dropped (with a warning) when the log is read."""
+    append_jsonl(Path(path), record)
 
 
 # -- subcommands ------------------------------------------------------------------------------------
@@ -328,8 +328,7 @@ def cmd_trajectory(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    with open(args.out, encoding="utf-8") as fh:
-        lines = [json.loads(line) for line in fh if line.strip()]
+    lines = read_jsonl(Path(args.out))
     runs = [r for r in lines if r["kind"] == "train"]
     ref_name, _, ref_model_name = args.reference.partition(":")
     ref = next((r for r in runs if r["name"] == ref_name), None)

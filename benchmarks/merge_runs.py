@@ -13,9 +13,17 @@ import json
 from pathlib import Path
 
 from art_generalist.benchmark import fronts
-from art_generalist.benchmark.run import BenchmarkConfig, _epoch_ratios, format_fronts, format_table, write_results
+from art_generalist.benchmark.run import (
+    RUNTIME_FIELDS,
+    BenchmarkConfig,
+    _epoch_ratios,
+    format_fronts,
+    format_table,
+    write_results,
+)
+from art_generalist.state.files import read_json, remove_stale_temporaries
 
-IGNORED = {"methods", "resume", "verbose", "out"}
+IGNORED = RUNTIME_FIELDS  # the settings that do not change results (benchmark.run)
 
 
 def _config(run: dict) -> dict:
@@ -50,10 +58,11 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="output folders of `art-generalist benchmark`")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    runs = [json.loads((Path(d) / "results.json").read_text(encoding="utf-8")) for d in args.runs]
+    runs = [read_json(Path(d) / "results.json") for d in args.runs]
     merged = merge(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     write_results(out, merged)
     print(format_table(merged["rows"]))
     print(format_fronts(merged["fronts"]))

@@ -9,7 +9,6 @@ is distinguishable from noise on these points.
 from __future__ import annotations
 
 import argparse
-import json
 from math import comb
 
 
@@ -39,12 +38,10 @@ def main() -> None:
     p.add_argument("b")
     p.add_argument("--other", default=None, help="take method b from this results.json (same points and seed)")
     args = p.parse_args()
-    with open(args.results, encoding="utf-8") as fh:
-        res_a = json.load(fh)
-    res_b = res_a
-    if args.other:
-        with open(args.other, encoding="utf-8") as fh:
-            res_b = json.load(fh)
+    from art_generalist.state.files import read_json
+
+    res_a = read_json(args.results)
+    res_b = read_json(args.other) if args.other else res_a
     ra, rb = res_a["reports"][args.a], res_b["reports"][args.b]
     if ra["settings"] != rb["settings"] or ra["n"] != rb["n"] or ra["seed"] != rb["seed"]:
         raise SystemExit("The two reports were not evaluated the same way.")

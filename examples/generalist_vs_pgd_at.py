@@ -9,7 +9,6 @@ start, attack run on correctly classified points) are reported on the test set.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -20,6 +19,7 @@ from art_generalist.attacks import madry_step
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.models import get_model
+from art_generalist.state.files import atomic_write_json
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    eps_step = args.eps_step or madry_step(args.eps, args.max_iter)
+    eps_step = madry_step(args.eps, args.max_iter) if args.eps_step is None else args.eps_step
     data = load_dataset(args.dataset, root=args.data_root, n_train=args.n_train + args.n_val,
                         n_test=args.n_test, seed=args.seed)
     x_tr, y_tr = data.x_train[args.n_val:], data.y_train[args.n_val:]
@@ -68,10 +68,9 @@ def main() -> None:
             key = name if model == "global" else f"{name}:{model}"
             results[key] = {"clean": clean, "pgd20": pgd, "train_seconds": seconds}
             print(f"{key:22s} clean {clean:.4f}  PGD-20 {pgd:.4f}  train {seconds:.0f}s", flush=True)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"args": vars(args), "eps_step": eps_step, "n_test": len(data.x_test), "results": results},
-                      fh, indent=2)
+    if args.out:  # atomically: a kill or a full disk leaves no half-written file
+        atomic_write_json(args.out, {"args": vars(args), "eps_step": eps_step, "n_test": len(data.x_test),
+                                     "results": results}, indent=2)
 
 
 if __name__ == "__main__":

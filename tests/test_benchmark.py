@@ -236,3 +236,70 @@ def test_paired_comparison_script():
     assert (c["only_a"], c["only_b"], c["diff_points"]) == (1, 2, -25.0)
     with pytest.raises(ValueError, match="different numbers"):
         paired.compare([True], [True, False])
+
+
+TINY = dict(epochs=2, n_train=64, n_val=16, n_eval=8, max_iter=1, aa_version="apgd-ce", pgd_steps=1, batch_size=32,
+            methods=("art_madry",), verbose=False, base_learners=False)
+
+
+def test_resume_refuses_changed_settings_even_before_the_first_method_finished(tmp_path, monkeypatch):
+    """A run stopped inside its first method has no finished method yet: its settings are on disk
+    all the same, a resume with another eps is refused listing what differs, and the stored
+    config is left true."""
+    real = ARTTrainerRun.fit
+
+    def stopped(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "stop_after": 1})
+        raise RuntimeError("killed")
+    monkeypatch.setattr(ARTTrainerRun, "fit", stopped)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_benchmark(BenchmarkConfig(**TINY, eps=0.1, out=str(tmp_path)))
+    monkeypatch.setattr(ARTTrainerRun, "fit", real)
+    with pytest.raises(ValueError, match=r"eps: stored 0\.1 vs now 0\.3.*lr: stored 0\.05 vs now 0\.01"):
+        run_benchmark(BenchmarkConfig(**TINY, eps=0.3, eps_step=0.025, lr=0.01, out=str(tmp_path), resume=True))
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["eps"] == 0.1
+    with pytest.raises(FileExistsError, match="resume"):  # without resume nothing is overwritten
+        run_benchmark(BenchmarkConfig(**TINY, eps=0.3, out=str(tmp_path)))
+    # runtime fields may differ: where the data is read from, the device, progress output
+    results = run_benchmark(BenchmarkConfig(**{**TINY, "verbose": True}, eps=0.1, out=str(tmp_path), resume=True,
+                                            data_root=str(tmp_path / "elsewhere")))
+    assert results["complete"] and [r["epoch"] for r in results["reports"]["art_madry"]["training"]["history"]] \
+        == [1, 2]
+
+
+def test_art_runner_resume_refuses_changed_settings(digits, tmp_path):
+    x, y = digits.x_train[:64], digits.y_train[:64]
+
+    def run(**changes):
+        kwargs = {"eps": 0.1, "eps_step": 0.05, "max_iter": 1, "val_max_iter": 0, **changes}
+        batch_size = kwargs.pop("batch_size", 32)
+        return ARTTrainerRun(make_classifier(), "madry", **kwargs).fit(
+            x, y, nb_epochs=2, batch_size=batch_size, checkpoint_dir=tmp_path, resume=True, stop_after=1)
+    run()
+    for changes, message in (({"eps": 0.3}, "eps: stored 0.1 vs now 0.3"), ({"batch_size": 16}, "batch_size"),
+                             ({"max_iter": 2}, "max_iter: stored 1 vs now 2")):
+        with pytest.raises(ValueError, match=message):
+            run(**changes)
+    assert [r["epoch"] for r in run()] == [1, 2]  # the same settings resume
+
+
+def test_resume_of_a_finished_run_restores_missing_summaries_without_training(tmp_path, monkeypatch):
+    """A finished results.json that lost its front verdict and epoch-time ratios (written by the
+    old resume) gets them back on resume; nothing is trained again."""
+    cfg = dict(TINY, epochs=1, out=str(tmp_path))
+    first = json.loads(json.dumps(run_benchmark(BenchmarkConfig(**cfg)), default=str))
+    broken = {k: v for k, v in first.items() if k not in ("fronts", "epoch_time_ratio_vs_art_madry")}
+    (tmp_path / "results.json").write_text(json.dumps(broken), encoding="utf-8")
+    monkeypatch.setattr(bench, "_train", lambda *a: pytest.fail("a finished method was trained again"))
+    results = run_benchmark(BenchmarkConfig(**cfg, resume=True))
+    stored = json.loads((tmp_path / "results.json").read_text())
+    for key in ("fronts", "epoch_time_ratio_vs_art_madry", "rows", "reports"):
+        assert stored[key] == first[key] and key in results, key
+    assert stored["complete"] is True
+
+
+@pytest.mark.parametrize("field, value", [("n_val", -5), ("eps_step", 0.0), ("lr", float("nan")),
+                                          ("batch_size", 0), ("eps", float("inf")), ("pgd_steps", 0)])
+def test_benchmark_config_refuses_bad_numbers(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        BenchmarkConfig(**{field: value})

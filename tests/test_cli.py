@@ -134,3 +134,79 @@ def test_sparse_args_flag_parses_a_json_object():
     for bad in ("[0.75]", "{not json"):
         with pytest.raises(SystemExit):
             parser().parse_args(["benchmark", "--sparse-args", bad])
+
+
+def test_resume_of_a_finished_benchmark_keeps_every_result(tmp_path, capsys):
+    """`benchmark --resume` on a finished run: exit 0, the same table and verdict, results.json untouched."""
+    out = tmp_path / "bench"
+    args = ["benchmark", "--methods", "generalist,art_madry", "--no-base-learners", "--epochs", "1", "--n-train",
+            "64", "--n-val", "16", "--n-eval", "8", "--max-iter", "1", "--aa-version", "apgd-ce", "--pgd-steps", "1",
+            "--batch-size", "64", "--out", str(out), "--quiet", "--threads", "1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    before = (out / "results.json").read_bytes()
+    assert main(args + ["--resume"]) == 0
+    again = capsys.readouterr().out
+    assert again.split("\n\n")[0] == first.split("\n\n")[0] and "front dominates" in first  # table and verdict
+    assert "every method had finished in an earlier run; left as it was" in again
+    assert (out / "results.json").read_bytes() == before
+    results = json.loads(before)
+    assert set(results["epoch_time_ratio_vs_art_madry"]) == {"generalist", "art_madry"}
+    assert "art_madry" in results["fronts"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--n-val", "-5"], "--n-val"),
+    (["train", "--eps-step", "0"], "--eps-step"),
+    (["train", "--device", "bogus"], "--device"),
+    (["train", "--device", "cuda:99"], "--device"),
+    (["benchmark", "--lr", "nan"], "--lr"),
+    (["benchmark", "--lr", "inf"], "--lr"),
+    (["benchmark", "--eps", "-0.1"], "--eps"),
+    (["benchmark", "--epochs", "0"], "--epochs"),
+    (["benchmark", "--max-iter", "-1"], "--max-iter"),
+    (["benchmark", "--batch-size", "0"], "--batch-size"),
+    (["benchmark", "--n-train", "0"], "--n-train"),
+    (["benchmark", "--n-eval", "0"], "--n-eval"),
+    (["benchmark", "--pgd-steps", "0"], "--pgd-steps"),
+    (["benchmark", "--art-lr-chunks", "0"], "--art-lr-chunks"),
+    (["benchmark", "--aa-version", "fastest"], "--aa-version"),
+    (["train", "--threads", "0"], "--threads"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["evaluate", "m.safetensors", "--pgd-steps", "0"], "--pgd-steps"),
+    (["evaluate", "m.safetensors", "--n-eval", "-1"], "--n-eval"),
+    (["evaluate", "m.safetensors", "--attacks", "pgd,pgdd"], "--attacks"),
+    (["transfer", "--lr-grid", "0.01,nan"], "--lr-grid"),
+    (["transfer", "--seeds", "0,-1"], "--seeds"),
+    (["transfer", "--source-eps", "0,-0.1"], "--source-eps"),
+    (["transfer", "--generalist-eps", "0"], "--generalist-eps"),
+    (["transfer", "--target-eps", "0"], "--target-eps"),
+    (["transfer", "--source-epochs", "0"], "--source-epochs"),
+    (["transfer", "--modes", "full,partial"], "--modes"),
+])
+def test_bad_values_are_refused_at_parse_time_naming_the_flag(argv, flag, capsys):
+    from art_generalist.cli import parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(argv)  # what main() does first
+    assert exit_info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["benchmark"], ["train"], ["transfer"], ["evaluate", "m.safetensors"]])
+def test_collective_timeout_reaches_the_process_group(argv, monkeypatch):
+    from art_generalist import distributed
+
+    seen = []
+
+    def init(device, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(distributed, "init_from_env", init)
+    for extra, expected in (([], None), (["--collective-timeout", "90"], 90.0)):
+        with pytest.raises(RuntimeError, match="stop here"):
+            main(argv + extra + ["--quiet"])
+        assert seen.pop() == {"timeout_s": expected}
+    with pytest.raises(SystemExit):
+        main(argv + ["--collective-timeout", "0"])

@@ -18,7 +18,14 @@ from art_generalist import distributed, estimators
 from art_generalist.attacks import InputSpace, ThreatModel
 from art_generalist.inputs import check_x, check_y
 from art_generalist.schedules import OFFICIAL_LR, Schedule
-from art_generalist.state.files import PathLike, atomic_save, collect_rng_states, safe_load, set_rng_states
+from art_generalist.state.files import (
+    PathLike,
+    atomic_save,
+    collect_rng_states,
+    remove_stale_temporaries,
+    safe_load,
+    set_rng_states,
+)
 from art_generalist.validation import TrackBest, validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +93,7 @@ class ARTTrainerRun:
             raise ValueError(f"`lr_updates_per_epoch` must be an integer >= 1, got {lr_updates_per_epoch!r}.")
         self.lr_schedule, self.val_max_iter, self.verbose = lr_schedule, val_max_iter, verbose
         self.lr_updates_per_epoch, self._rng = lr_updates_per_epoch, np.random.default_rng(seed)
+        self.seed, self.trades_beta = seed, trades_beta if method == "trades" else None
         self.base_lrs = [g["lr"] for g in self.classifier.optimizer.param_groups]
         if method == "madry":
             self.trainer = AdversarialTrainerMadryPGD(self.classifier, nb_epochs=1, eps=eps, eps_step=eps_step,
@@ -113,7 +121,10 @@ class ARTTrainerRun:
         ``stop_after`` returns after that epoch of the budget (to be resumed later).
         """
         path = Path(checkpoint_dir) / "art-checkpoint.pt" if checkpoint_dir is not None else None
-        first = self._resume(path, nb_epochs) if resume and path is not None and path.is_file() else 1
+        if path is not None and distributed.is_main_process():
+            remove_stale_temporaries(path.parent)  # what a write killed mid-way left
+        settings = self.settings(nb_epochs, batch_size, x, y, validation_data)
+        first = self._resume(path, settings) if resume and path is not None and path.is_file() else 1
         val = None
         if validation_data is not None:
             clf = self.classifier
@@ -138,7 +149,7 @@ class ARTTrainerRun:
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
             if path is not None and distributed.is_main_process():  # rank 0 writes under torch.distributed
-                atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method,
+                atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method, "settings": settings,
                              "model": self.classifier.model.state_dict(),
                              "optimizer": self.classifier.optimizer.state_dict(), "history": self.history,
                              "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states(),
@@ -148,11 +159,32 @@ class ARTTrainerRun:
                 break
         return self.history
 
-    def _resume(self, path: Path, nb_epochs: int) -> int:
+    def settings(self, nb_epochs: int, batch_size: int, x: Any, y: Any,
+                 validation_data: Optional[tuple[Any, Any]] = None) -> dict:
+        """Everything a resumed run must share with the run that wrote the checkpoint (the data by
+        a fingerprint: a hash of the labels and of up to 1,024 evenly spaced training examples)."""
+        schedule = self.lr_schedule
+        return {"method": self.method, "nb_epochs": nb_epochs, "eps": self.eps, "eps_step": self.eps_step,
+                "max_iter": self.max_iter, "norm": self.norm.value, "trades_beta": self.trades_beta,
+                "batch_size": batch_size, "examples": len(x), "data": _fingerprint(x, y),
+                "validation": None if validation_data is None else _fingerprint(*validation_data),
+                "val_max_iter": self.val_max_iter, "lr_updates_per_epoch": self.lr_updates_per_epoch,
+                "seed": self.seed, "base_lrs": list(self.base_lrs),
+                # a schedule without a repr of its own (a lambda) cannot be compared: None
+                "lr_schedule": repr(schedule) if type(schedule).__repr__ is not object.__repr__ else None}
+
+    def _resume(self, path: Path, settings: dict) -> int:
         state = safe_load(path)
-        if state["nb_epochs"] != nb_epochs or state["method"] != self.method:
-            raise ValueError(f"{path} belongs to ART {state['method']} for {state['nb_epochs']} epochs, not "
-                             f"{self.method} for {nb_epochs}.")
+        # checkpoints of earlier versions recorded the method and the epoch budget only
+        stored = state.get("settings") or {"method": state["method"], "nb_epochs": state["nb_epochs"]}
+        differ = [k for k in settings if k in stored and stored[k] != settings[k]]
+        if differ:
+            detail = "; ".join(f"{k}: stored {stored[k]!r} vs now {settings[k]!r}" for k in differ)
+            raise ValueError(f"{path} was written by an ART {stored['method']} run with other settings ({detail}); "
+                             f"resume with the same settings or start afresh in another folder.")
+        if "settings" not in state:
+            logger.warning("%s records only the method and the epoch budget; the other settings are not checked",
+                           path)
         self.classifier.model.load_state_dict(state["model"])
         self.classifier.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
@@ -173,3 +205,13 @@ class ARTTrainerRun:
         bounds = [round(j * nb_batches / k) for j in range(k + 1)]
         return [(order[a * batch_size:b * batch_size], epoch - 1 + ((a + b - 1) / 2 + 1) / nb_batches)
                 for a, b in zip(bounds, bounds[1:])]
+
+
+def _fingerprint(x: Any, y: Any) -> str:
+    """A short hash of the labels and of up to 1,024 evenly spaced examples."""
+    import hashlib
+
+    x, y = (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in (x, y))
+    digest = hashlib.sha256(np.ascontiguousarray(x[::max(1, len(x) // 1024)]).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    return digest.hexdigest()[:16]

@@ -7,6 +7,7 @@ from pathlib import Path
 from art_generalist import distributed
 from art_generalist.benchmark import fronts
 from art_generalist.benchmark import sparse as paper
+from art_generalist.state.files import atomic_write_json, atomic_write_text
 
 
 def _epoch_ratios(rows: list[dict]) -> dict[str, float]:
@@ -55,10 +56,13 @@ def format_fronts(verdict: dict) -> str:
 
 
 def write_results(out: Path, results: dict) -> None:
-    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out`` (rank 0 under torch.distributed)."""
+    """``results.json``, ``results.md`` and ``tradeoff.png`` in ``out`` (rank 0 under torch.distributed).
+
+    The text files are written atomically (a temporary file renamed over the old one): a kill or a
+    full disk leaves the previous, whole file."""
     if not distributed.is_main_process():
         return
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_json(out / "results.json", results, indent=2, default=str)  # whole or not at all
     cfg = results["config"]
     md = [f"# Benchmark: {cfg['dataset']}, {cfg['model']}, ε = {cfg['eps']:g}, {cfg['epochs']} epochs",
           "", f"Training examples: {results['n_train']}; evaluated on {results['n_eval']} test points; "
@@ -80,7 +84,9 @@ def write_results(out: Path, results: dict) -> None:
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
     md += ["", *paper.paper_section(out, results), f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)",
            ""]
-    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(out / "results.md", "\n".join(md))
+    if not results["rows"]:
+        return  # nothing finished yet: the settings are recorded, there is no point to plot
     fronts.plot(out / "tradeoff.png", results["rows"], f"{cfg['dataset']} ε={cfg['eps']:g}, n={results['n_eval']}: "
                 f"clean vs robust, Wilson 95% intervals", f"AutoAttack accuracy (%), {cfg['aa_version']}",
                 results["n_eval"])

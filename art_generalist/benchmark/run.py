@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from art_generalist import distributed
 from art_generalist.attacks import madry_step
 from art_generalist.benchmark import fronts
 from art_generalist.benchmark import sparse as paper
@@ -30,6 +32,7 @@ from art_generalist.estimators import build_classifier
 from art_generalist.models import default_model, get_model
 from art_generalist.objectives import TRADES
 from art_generalist.schedules import OFFICIAL_LR, resolve_schedule
+from art_generalist.state.files import read_json, remove_stale_temporaries
 from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
@@ -81,8 +84,17 @@ class BenchmarkConfig:
                 raise ValueError(f"{method!r} sets the final β; drop `beta_schedule` from the Generalist options.")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"`methods` must be distinct, got {list(self.methods)}.")
-        if self.epochs < 1 or self.n_eval < 1 or self.max_iter < 1 or self.art_lr_chunks < 1:
-            raise ValueError("`epochs`, `n_eval`, `max_iter` and `art_lr_chunks` must be >= 1.")
+        counts = {"epochs": 1, "n_eval": 1, "max_iter": 1, "art_lr_chunks": 1, "batch_size": 1, "pgd_steps": 1,
+                  "n_val": 0, "n_train": 1, "seed": 0}
+        for name, low in counts.items():
+            value = getattr(self, name)
+            if (value is not None or name != "n_train") and (isinstance(value, bool) or not isinstance(value, int)
+                                                              or value < low):
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        for name in ("eps", "eps_step", "lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         resolve_schedule(self.lr_schedule, "lr_schedule", OFFICIAL_LR)  # raises on an unknown name
         paper.check_config(self)
 
@@ -142,7 +154,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                         n_train=None if cfg.n_train is None else cfg.n_train + cfg.n_val)
     cfg.model = cfg.model or default_model(cfg.dataset)
     cfg.eps = data.eps if cfg.eps is None else cfg.eps
-    cfg.eps_step = cfg.eps_step or madry_step(cfg.eps, cfg.max_iter)
+    cfg.eps_step = madry_step(cfg.eps, cfg.max_iter) if cfg.eps_step is None else cfg.eps_step
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(data.x_train))  # validation comes from the training split, never the test set
     val_idx, train_idx = order[:cfg.n_val], order[cfg.n_val:]
@@ -152,9 +164,29 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     x_test, y_test = data.x_test[test_idx], data.y_test[test_idx]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, reports = _finished(out, cfg) if cfg.resume else ([], {})
-    results = {"config": dict(vars(cfg)), "rows": rows, "reports": reports, "machine": _machine(),
+    if distributed.is_main_process():
+        remove_stale_temporaries(out)  # the temporaries of a write that a kill interrupted
+    if not cfg.resume and (out / "results.json").is_file():
+        raise FileExistsError(f"{out / 'results.json'} holds the results of another run: pass resume=True "
+                              f"(--resume) to continue it, or another output folder; nothing was overwritten.")
+    earlier = _earlier(out, cfg) if cfg.resume else None
+    rows, reports = _finished(earlier, cfg)
+    if earlier is not None:
+        dropped = sorted(set(earlier["reports"]) - set(reports))
+        if dropped:
+            logger.warning("%s: the results of %s are not in this run's methods and leave results.json",
+                           out / "results.json", ", ".join(dropped))
+        if earlier.get("complete") and not dropped and set(reports) == set(cfg.methods) \
+                and {"fronts", "epoch_time_ratio_vs_art_madry"} <= set(earlier):
+            logger.warning("%s: every method finished in an earlier run; the results are left as they are",
+                           out / "results.json")
+            return earlier
+    results = {**(earlier or {}), "config": dict(vars(cfg)), "rows": rows, "reports": reports, "machine": _machine(),
                "n_train": len(split["train"][0]), "n_eval": len(x_test), "complete": False}
+    if earlier is not None and reports and earlier.get("machine") != results["machine"]:
+        results["machine_of_earlier_methods"] = earlier.get("machine_of_earlier_methods", earlier.get("machine"))
+    _summarise(results)
+    write_results(out, results)  # the settings are on disk before any training: a stopped run resumes checked
     for method in cfg.methods:
         if method in reports:
             logger.info("%s: finished in an earlier run, kept", method)
@@ -173,29 +205,50 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         for name, space in info.pop("extra_models").items():
             rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))
         reports[method]["training"] = dict(info)
-        results["epoch_time_ratio_vs_art_madry"] = _epoch_ratios(rows)
-        fronts.mark_dominated(rows)
-        results["fronts"] = fronts.front_verdict(rows)
+        _summarise(results)
         write_results(out, results)  # after every method: a long run that is stopped keeps what it finished
     results["complete"] = True
     write_results(out, results)
     return results
 
 
-def _finished(out: Path, cfg: BenchmarkConfig) -> tuple[list[dict], dict]:
-    """Rows and reports of the methods an earlier run of the same configuration finished."""
+def _summarise(results: dict) -> None:
+    """The epoch-time ratios, the dominated marks and the front verdict of the rows so far."""
+    results["epoch_time_ratio_vs_art_madry"] = _epoch_ratios(results["rows"])
+    fronts.mark_dominated(results["rows"])
+    results["fronts"] = fronts.front_verdict(results["rows"])
+
+
+#: Settings that may change between a run and its ``resume``: which methods to run (the finished
+#: ones of the list are kept), whether to resume, progress output, and where the data and the
+#: results are read and written and what runs the arithmetic. Every other field changes results.
+RUNTIME_FIELDS = frozenset({"methods", "resume", "verbose", "out", "data_root", "device"})
+
+
+def _earlier(out: Path, cfg: BenchmarkConfig) -> Optional[dict]:
+    """The ``results.json`` of an earlier run in ``out``, refused when its settings differ."""
     path = out / "results.json"
     if not path.is_file():
-        return [], {}
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    ignore = {"methods", "resume", "verbose", "out"}
+        return None
+    earlier = read_json(path)
+    if not isinstance(earlier, dict) or not {"config", "rows", "reports"} <= set(earlier):
+        raise ValueError(f"{path} is not the results.json of a benchmark run (no config, rows or reports); move it "
+                         f"aside to start afresh.")
     mine = json.loads(json.dumps(dict(vars(cfg)), default=str))
     # a setting that an earlier version did not record had its default value then
     theirs = {**json.loads(json.dumps(dict(vars(BenchmarkConfig())), default=str)), **earlier["config"]}
-    differ = sorted(k for k in set(mine) | set(theirs) if k not in ignore and mine.get(k) != theirs.get(k))
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in RUNTIME_FIELDS and mine.get(k) != theirs.get(k))
     if differ:
-        raise ValueError(f"{path} was written with other settings ({', '.join(differ)}); resume with the same "
-                         f"settings or another --out.")
+        detail = "; ".join(f"{k}: stored {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
+        raise ValueError(f"{path} was written with other settings ({detail}); resume with the same settings or "
+                         f"another --out.")
+    return earlier
+
+
+def _finished(earlier: Optional[dict], cfg: BenchmarkConfig) -> tuple[list[dict], dict]:
+    """Rows and reports of the methods of ``cfg`` that the earlier run finished."""
+    if earlier is None:
+        return [], {}
     keep = [m for m in earlier["reports"] if m in cfg.methods]
     rows = [r for r in earlier["rows"] if r["method"].split(":")[0] in keep]
     return rows, {m: earlier["reports"][m] for m in keep}

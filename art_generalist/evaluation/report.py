@@ -7,10 +7,8 @@ integrity checks and the package versions, so a number can be traced back to how
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -72,25 +70,18 @@ class EvaluationReport:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self, path: Union[str, os.PathLike[str]], indent: int = 2) -> Path:
-        """Write the report as JSON atomically (temporary file, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=indent, allow_nan=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write the report as JSON atomically (a temporary file renamed over ``path``: a kill or a
+        full disk leaves the previous file whole; the error names the path and the free space)."""
+        from art_generalist.state.files import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict(), indent=indent, allow_nan=True)
 
     @classmethod
     def from_json(cls, path: Union[str, os.PathLike[str]]) -> "EvaluationReport":
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        """Read a report written by :meth:`to_json` (a ValueError naming the file when it is not JSON)."""
+        from art_generalist.state.files import read_json
+
+        return cls.from_dict(read_json(path))
 
     def summary(self) -> str:
         """One line: model, threat model, clean / per-attack / worst-case accuracy, reliability."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -15,15 +16,63 @@ if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
 
 
-def read_metadata(path: PathLike) -> dict:
-    """The JSON metadata stored inside the safetensors file (the ``.json`` beside it is a copy)."""
-    from safetensors import safe_open
+#: The largest safetensors header read (the tensor index plus the metadata, JSON-escaped): its
+#: length, the file's first 8 bytes, is checked before anything else is read or parsed.
+MAX_HEADER_BYTES = 8 * 2**20
+#: The largest art-generalist JSON metadata parsed (an export's is a few KB; an evaluation report
+#: with per-example flags of 10,000 points some 300 KB).
+MAX_METADATA_BYTES = 2**20
 
-    with safe_open(str(path), framework="pt") as fh:
-        text = (fh.metadata() or {}).get("art_generalist")
-    if text is None:
+
+def safetensors_header(path: PathLike) -> dict:
+    """The JSON header of a safetensors file, refused before it is read when its length (the first
+    8 bytes) is over :data:`MAX_HEADER_BYTES` or past the end of the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is not a safetensors file ({size} bytes).")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: its safetensors header claims {n} bytes, over the cap of {MAX_HEADER_BYTES} "
+                             f"bytes; refusing to read it (not an export of this package, or damaged).")
+        if 8 + n > size:
+            raise ValueError(f"{path}: its safetensors header claims {n} bytes but the file has {size}: cut short "
+                             f"or not a safetensors file.")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: its safetensors header is not JSON ({err}).") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its safetensors header is not a JSON object.")
+    return header
+
+
+def parse_metadata(text: str, source: object) -> dict:
+    """``json.loads`` of art-generalist metadata, refused unparsed when over :data:`MAX_METADATA_BYTES`
+    (``source`` names the file in the messages; for any reader of an export's metadata)."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"{source}: its metadata is {size} bytes, over the cap of {MAX_METADATA_BYTES} bytes; "
+                         f"refusing to parse it (not an export of this package, or damaged).")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: its metadata is not JSON ({err}).") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source}: its metadata is not a JSON object.")
+    return meta
+
+
+def read_metadata(path: PathLike) -> dict:
+    """The JSON metadata stored inside the safetensors file (the ``.json`` beside it is a copy),
+    its size checked against :data:`MAX_HEADER_BYTES` and :data:`MAX_METADATA_BYTES` before parsing."""
+    text = (safetensors_header(path).get("__metadata__") or {}).get("art_generalist")
+    if not isinstance(text, str):
         raise ValueError(f"{path} has no art-generalist metadata; was it written by `export`?")
-    return json.loads(text)
+    return parse_metadata(text, path)
 
 
 def load_exported(path: PathLike, model: Optional[nn.Module] = None, device_type: str = "cpu") -> "PyTorchClassifier":
