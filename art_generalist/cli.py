@@ -23,6 +23,7 @@ from art_generalist.evaluation.autoattack_adapter import AA_VERSIONS
 from art_generalist.evaluation.core import ATTACKS
 from art_generalist.models import default_model
 from art_generalist.state.files import atomic_write_json, remove_stale_temporaries
+from art_generalist.state.trainer_state import OtherRunError
 from art_generalist.transfer.experiment import MODES
 
 
@@ -148,7 +149,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="generalist", choices=["generalist", "pgd_at", "trades", "mart"])
     t.add_argument("--out", default="runs/train")
     t.add_argument("--checkpoint-every", type=COUNT, default=1)
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (refused if its settings differ)")
+    t.add_argument("--overwrite", action="store_true", help="delete the checkpoints another run left in --out")
     _transfer_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate an exported model (clean, PGD, CW, AutoAttack, checks)")
     _common(e)
@@ -179,6 +181,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return {"benchmark": _benchmark, "train": _train, "evaluate": _evaluate,
                 "transfer": _transfer}[args.command](args)
+    except (FileExistsError, OtherRunError) as err:  # another run's files: say what to do, without a traceback
+        hint = ("the run's own settings, or another --out" if isinstance(err, OtherRunError)
+                else "--resume, --overwrite or another --out" if args.command == "train"
+                else "--resume or another --out")
+        print(f"art-generalist {args.command}: error: {err} (command line: {hint})", file=sys.stderr)
+        return 2
     finally:
         if joined:
             distributed.barrier()
@@ -219,7 +227,7 @@ def _train(args: argparse.Namespace) -> int:
     history = trainer.fit(data.x_train[n_val:], data.y_train[n_val:], nb_epochs=args.epochs,
                           batch_size=args.batch_size, validation_data=(x_val, y_val) if n_val else None,
                           checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
-                          resume=args.resume)
+                          resume=args.resume, overwrite=args.overwrite)
     weights, meta = trainer.export(out / "model.safetensors")
     if distributed.is_main_process():
         atomic_write_json(out / "history.json", history, indent=2, default=str)

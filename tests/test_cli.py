@@ -210,3 +210,17 @@ def test_collective_timeout_reaches_the_process_group(argv, monkeypatch):
         assert seen.pop() == {"timeout_s": expected}
     with pytest.raises(SystemExit):
         main(argv + ["--collective-timeout", "0"])
+
+
+def test_train_into_another_runs_folder_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    args = ["train", "--epochs", "1", "--n-train", "64", "--n-val", "0", "--max-iter", "1", "--out",
+            str(tmp_path / "run"), "--quiet", "--threads", "1", "--method", "pgd_at"]
+    assert main(args) == 0
+    first = (tmp_path / "run" / "checkpoints" / "checkpoint-epoch00001.pt").read_bytes()
+    assert main(args + ["--lr", "0.01"]) == 2
+    assert "holds the checkpoints of another run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-epoch00001.pt").read_bytes() == first
+    assert main(args + ["--lr", "0.01", "--resume"]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert main(args + ["--lr", "0.01", "--overwrite"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-epoch00001.pt").read_bytes() != first

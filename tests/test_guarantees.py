@@ -196,3 +196,17 @@ def test_stale_temporaries_of_a_killed_write_are_removed_when_a_run_starts(digit
     _single().fit(digits.x_train[:32], digits.y_train[:32], batch_size=32, nb_epochs=1, checkpoint_dir=tmp_path)
     assert not stale.exists()
     assert np.isfinite(len(list_checkpoints(tmp_path)))
+
+
+def test_every_promise_in_the_readme_names_tests_that_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text.split("### What we guarantee", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 20
+    missing = [f"{f}::{t}" for f, t in named
+               if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(encoding="utf-8"), re.M)]
+    assert not missing

@@ -52,8 +52,11 @@ def test_begin_fit_once_per_fit_with_the_budget_batches_and_validation(small, cl
     u, yb = plugin.batch
     assert u.shape == (32, 1, 8, 8) and 0 <= float(u.min()) and float(u.max()) <= 1 and yb.dtype == torch.long
     plugin.calls.clear()
-    trainer.fit(x, y, nb_epochs=2, batch_size=64, checkpoint_dir=tmp_path, resume=True)  # no validation
-    assert plugin.calls == [("begin_fit", 2, 2, 1, 2, False), ("step",), ("after_epoch", 2, False, False)]
+    with pytest.raises(ValueError, match="data.batch_size: checkpoint 32, now 64"):  # another run's budget
+        trainer.fit(x, y, nb_epochs=2, batch_size=64, checkpoint_dir=tmp_path, resume=True)
+    assert plugin.calls == []  # refused before the plug-ins hear of it
+    trainer.fit(x, y, nb_epochs=2, batch_size=32, checkpoint_dir=tmp_path, resume=True)  # no validation
+    assert plugin.calls == [("begin_fit", 2, 4, 1, 4, False), ("step",), ("after_epoch", 2, False, False)]
 
 
 def test_validation_pgd_loss_is_the_mean_cross_entropy_on_the_attacked_points(digits):

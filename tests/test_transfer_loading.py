@@ -282,3 +282,19 @@ def test_altered_safetensors_copy_is_not_trusted(source, tmp_path, caplog):
     assert torch.equal(_out(src, x), ref)
     assert "not using the safetensors copy" in caplog.text and "altered" in caplog.text
     assert torch.equal(load_file(str(copy))["module.model.fc.weight"], sd["fc.weight"])  # rebuilt
+
+
+def test_oversized_safetensors_metadata_of_a_source_is_refused_before_parsing(tmp_path):
+    from safetensors.torch import save_file
+
+    from art_generalist.transfer.formats import read_file
+
+    path = tmp_path / "big.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"art_generalist": "[" + "0," * 2**20 + "0]"})
+    with pytest.raises(ValueError, match=r"big\.safetensors: its metadata is \d+ bytes, over the cap"):
+        read_file(path)
+    data = bytearray(path.read_bytes())
+    data[:8] = (2**40).to_bytes(8, "little")  # a header length past the end of the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):  # not read as safetensors, and refused as a pickle: nothing parsed
+        read_file(path)

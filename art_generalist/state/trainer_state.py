@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_GLOB = "checkpoint-epoch*.pt"
 
 
+class OtherRunError(ValueError):
+    """A resume found the checkpoint of another run (settings, model, optimizer or data differ)."""
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"checkpoint-epoch{epoch:05d}.pt"
 
@@ -197,7 +201,7 @@ class TrainerState:
         if fit_args != nb_epochs:
             differ.append(f"nb_epochs: checkpoint {fit_args}, now {nb_epochs}")
         if differ:
-            raise ValueError(f"The checkpoint {path} belongs to another run; resume with the same settings, model, "
+            raise OtherRunError(f"The checkpoint {path} belongs to another run; resume with the same settings, model, "
                              f"optimizer and data, or start afresh in another checkpoint_dir. What differs: "
                              + "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else ""))
         self.load_state_dict(state)

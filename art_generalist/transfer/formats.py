@@ -100,7 +100,7 @@ def read_file(path: PathLike) -> RawCheckpoint:
             f"such as Google Drive return a confirmation or error page instead of the file; torch reports this as "
             f"\"invalid load key '<'\". Download the file again and check its SHA-256.")
     if _is_safetensors(head, path.stat().st_size):
-        return _parse_safetensors(path.read_bytes())
+        return _parse_safetensors(path.read_bytes(), path)
     try:
         obj = safe_load(path)  # nothing in the file runs
     except UnsafeCheckpointError as err:
@@ -111,17 +111,23 @@ def read_file(path: PathLike) -> RawCheckpoint:
     return RawCheckpoint(extract_tensors(obj, str(path)))
 
 
-def _parse_safetensors(data: bytes) -> RawCheckpoint:
-    """Tensors and metadata of a safetensors file's bytes (both from the same bytes, read once)."""
+def _parse_safetensors(data: bytes, source: object = "the safetensors file") -> RawCheckpoint:
+    """Tensors and metadata of a safetensors file's bytes (both from the same bytes, read once);
+    the header and the metadata are size-checked before they are parsed (as exports are)."""
     from safetensors.torch import load
 
-    (n,) = struct.unpack("<Q", data[:8])
+    from art_generalist.state.export import MAX_HEADER_BYTES, parse_metadata
+
+    (n,) = struct.unpack("<Q", data[:8]) if len(data) >= 8 else (-1,)
+    if not 0 <= n <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise CheckpointFormatError(f"{source}: its safetensors header claims {n} bytes, over the cap of "
+                                    f"{MAX_HEADER_BYTES} or past the end of the {len(data)}-byte file.")
     meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
     tensors = load(data)
     if "art_generalist" in meta:
-        return RawCheckpoint(tensors, json.loads(meta["art_generalist"]), export=True)
+        return RawCheckpoint(tensors, parse_metadata(meta["art_generalist"], source), export=True)
     if CONVERTED_KEY in meta:
-        return RawCheckpoint(tensors, json.loads(meta[CONVERTED_KEY]), converted=True)
+        return RawCheckpoint(tensors, parse_metadata(meta[CONVERTED_KEY], source), converted=True)
     return RawCheckpoint(tensors)
 
 
@@ -212,7 +218,7 @@ def _verified_copy(target: Path, sha256: str, source: Path) -> Optional[RawCheck
     """The copy's tensors when it was converted from a file with ``sha256`` (and the size and SHA-256 of
     ``source``, when present) and its tensors are those it recorded; ``None`` (with a warning) otherwise."""
     try:
-        raw = _parse_safetensors(target.read_bytes())
+        raw = _parse_safetensors(target.read_bytes(), target)
     except Exception as err:  # noqa: BLE001 - unreadable: not a copy this loader wrote
         raise CheckpointFormatError(f"{target} exists but is not a safetensors copy written by this loader "
                                     f"({err}); remove it or pass another `converted_path`.") from None
