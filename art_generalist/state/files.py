@@ -47,7 +47,9 @@ def hash_path(path: PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` through a temporary file in the same folder, fsync, then rename over
+    ``path``: a kill or a full disk mid-write leaves the old file whole, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -62,27 +64,12 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    return path
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) through a temporary file in the same folder, fsync, then rename
-    over ``path``: a kill or a full disk mid-write leaves the old file whole, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        _unlink_quietly(tmp)
-        raise _disk_error(err, path) from err
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return path
+    """``text`` (UTF-8) written atomically (see :func:`_atomic_write_bytes`)."""
+    return _atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_write_json(path: PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
@@ -202,15 +189,12 @@ def set_rng_states(states: dict) -> None:
 # -- published weights ----------------------------------------------------------------------------
 def save_safetensors(state_dict: dict, metadata: dict, path: PathLike) -> tuple[Path, Path]:
     """Weights as safetensors (atomically) and ``metadata`` as JSON beside them (``.json``)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     text = json.dumps(metadata, indent=2, sort_keys=True, default=_jsonable)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"art_generalist": text})
-    os.replace(tmp, path)
+    _atomic_write_bytes(path, save(tensors, metadata={"art_generalist": text}))
     meta_path = path.with_suffix(".json")
     atomic_write_text(meta_path, text + "\n")
     return path, meta_path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -211,7 +212,7 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
                                  desc=f"epoch {epoch}", disable=not self.verbose, unit="batch")
             record = self._train_epoch(epoch, nb_epochs, epoch_batches, nb_batches)
             if self.scheduler is not None:  # once per epoch, after it, as ART's TRADES and AWP trainers do
-                self.scheduler.step()
+                self._step_scheduler()
             record["seconds"] = time.perf_counter() - start
             if val is not None:
                 record.update(self._validate(*val))
@@ -230,6 +231,14 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
             if self.best.restore(self.global_space.model):
                 logger.info("restored the model with the best validation score %.4f", self.best.score)
         return self.history[self.progress.fit_history_start:]
+
+    def _step_scheduler(self) -> None:
+        """``scheduler.step()``; when only clones of its optimizer train (Generalist), torch's
+        warning that the optimizer never stepped is true and expected, so it is not shown."""
+        with warnings.catch_warnings():
+            if all(lrn.optimizer is not self.scheduler.optimizer for lrn in self._learners()):
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
 
     def _augmented(self, it: Iterator[Batch]) -> Iterator[Batch]:
         for u, y in it:
