@@ -1,26 +1,23 @@
 """art-generalist: Generalist adversarial training as a drop-in ART trainer.
 
-Data flows one way: arrays -> trainer (:mod:`art_generalist.trainers`, checked once, tensors on the
-device) -> engine (:mod:`art_generalist.generalist`) -> learners (:mod:`art_generalist.learners`)
--> EMA/mixer (:mod:`art_generalist.mixing`) -> ART classifier + evaluation report
-(:mod:`art_generalist.evaluation`). Options live in :mod:`art_generalist.config`, plug-ins attach
-at the hooks of :mod:`art_generalist.plugins`, and state on disk is :mod:`art_generalist.state`.
-Sparse adversarial training (Flying Bird, Flying Bird+, Robust Bird) plugs into every trainer
-through ``sparsity=`` with the classes of :mod:`art_generalist.sparse`.
+The package is laid out along the data flow, each room importing only the rooms below it:
+:mod:`~art_generalist.core` (tensors: attacks, objectives, learners, mixing, schedules) and
+:mod:`~art_generalist.parallel` (ranks), :mod:`~art_generalist.state` (files), then
+:mod:`~art_generalist.train` (the loop, plug-ins, checkpoints, options), the plug-ins of
+:mod:`~art_generalist.sparse` and :mod:`~art_generalist.evaluation`, the methods of
+:mod:`~art_generalist.methods` (Generalist: :mod:`art_generalist.methods.generalist`),
+:mod:`~art_generalist.transfer`, :mod:`~art_generalist.benchmark` and the command line.
 """
-from art_generalist import _legacy
-from art_generalist.attacks import ThreatModel, TrainingAttack
-from art_generalist.config import GeneralistConfig, PGDBudget, RuntimeOptions
+from art_generalist.core.attack import ThreatModel, TrainingAttack
+from art_generalist.core.learner import LearnerSpec
+from art_generalist.core.mixing import ModelEMA, WeightMixer
+from art_generalist.core.objectives import MART, TRADES, AdversarialCE, NaturalCE, Objective
+from art_generalist.core.schedules import PiecewiseLinear, distribution_epochs, ema_decay
 from art_generalist.evaluation import EvaluationReport, evaluate
-from art_generalist.learners import LearnerSpec
-from art_generalist.mixing import ModelEMA, WeightMixer
-from art_generalist.objectives import MART, TRADES, AdversarialCE, NaturalCE, Objective
-from art_generalist.plugins import Plugin
-from art_generalist.schedules import PiecewiseLinear, distribution_epochs, ema_decay
+from art_generalist.methods import AdversarialTrainerTensor, GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.state import load_exported
-from art_generalist.trainers import AdversarialTrainerTensor, GeneralistTrainer, SingleLearnerTrainer
-
-_legacy.install()
+from art_generalist.train.options import GeneralistConfig, PGDBudget, RuntimeOptions
+from art_generalist.train.plugins import Plugin
 
 __version__ = "0.2.0"
 

@@ -14,16 +14,16 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from art_generalist import distributed
-from art_generalist.attacks import madry_step
 from art_generalist.benchmark import command as benchmark_command
+from art_generalist.core.attack import madry_step
 from art_generalist.data import DATASETS
 from art_generalist.estimators import build_classifier
 from art_generalist.evaluation.autoattack_adapter import AA_VERSIONS
-from art_generalist.evaluation.core import ATTACKS
+from art_generalist.evaluation.runner import ATTACKS
 from art_generalist.models import default_model
+from art_generalist.parallel import ranks
 from art_generalist.state.files import atomic_write_json, remove_stale_temporaries
-from art_generalist.state.trainer_state import OtherRunError
+from art_generalist.train.checkpoints import OtherRunError
 from art_generalist.transfer.experiment import MODES
 
 
@@ -171,11 +171,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    joined = not distributed.active()
+    joined = not ranks.active()
     # under torchrun: join the process group
-    args.device = distributed.init_from_env(args.device, timeout_s=args.collective_timeout)
-    joined = joined and distributed.active()
-    if not distributed.is_main_process():  # rank 0 prints, writes and logs; the others only compute
+    args.device = ranks.init_from_env(args.device, timeout_s=args.collective_timeout)
+    joined = joined and ranks.active()
+    if not ranks.is_main_process():  # rank 0 prints, writes and logs; the others only compute
         logging.getLogger("art_generalist").setLevel(logging.WARNING)
         args.quiet = True
     try:
@@ -189,13 +189,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     finally:
         if joined:
-            distributed.barrier()
+            ranks.barrier()
             torch.distributed.destroy_process_group()
 
 
 def _say(text: str) -> None:
     """Print on rank 0 only (everywhere in one process)."""
-    if distributed.is_main_process():
+    if ranks.is_main_process():
         print(text)
 
 
@@ -204,8 +204,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from art_generalist import GeneralistTrainer, SingleLearnerTrainer
     from art_generalist.data import load_dataset
+    from art_generalist.methods import GeneralistTrainer, SingleLearnerTrainer
     from art_generalist.models import get_model
 
     data = load_dataset(args.dataset, root=args.data_root, seed=args.seed,
@@ -222,14 +222,14 @@ def _train(args: argparse.Namespace) -> int:
     n_val = args.n_val
     x_val, y_val = data.x_train[:n_val], data.y_train[:n_val]
     out = Path(args.out)
-    if distributed.is_main_process():
+    if ranks.is_main_process():
         remove_stale_temporaries(out)  # what a write killed mid-way left
     history = trainer.fit(data.x_train[n_val:], data.y_train[n_val:], nb_epochs=args.epochs,
                           batch_size=args.batch_size, validation_data=(x_val, y_val) if n_val else None,
                           checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
                           resume=args.resume, overwrite=args.overwrite)
     weights, meta = trainer.export(out / "model.safetensors")
-    if distributed.is_main_process():
+    if ranks.is_main_process():
         atomic_write_json(out / "history.json", history, indent=2, default=str)
     last = history[-1]
     _say(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
@@ -265,7 +265,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                       checks=None if args.checks == "none" else args.checks, model_name=str(args.model_path),
                       progress=not args.quiet)
     _say(report.summary())
-    if args.out and distributed.is_main_process():
+    if args.out and ranks.is_main_process():
         report.to_json(args.out)
     return 0 if report.reliable else 1
 

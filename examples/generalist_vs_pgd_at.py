@@ -15,7 +15,7 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 
 from art_generalist import GeneralistTrainer, SingleLearnerTrainer
-from art_generalist.attacks import madry_step
+from art_generalist.core.attack import madry_step
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.models import get_model

@@ -4,7 +4,7 @@
 
 ``sync`` runs every scenario of :func:`main` and saves ``OUT_DIR/<scenario>-rank<RANK>.pt`` after
 each (a scenario that raises records its error instead, so one failure does not hide the others);
-``timeout`` joins the group with :func:`art_generalist.distributed.init_from_env` as under
+``timeout`` joins the group with :func:`art_generalist.parallel.ranks.init_from_env` as under
 ``torchrun`` and rank 1 never joins rank 0's collective.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def robust_bird_stop() -> dict:
 def timeout(rank: int, size: int, port: str, out: Path) -> None:
     """Rank 0 waits in a collective that rank 1 never joins; rank 1 stays alive meanwhile (up to
     15 s, until rank 0 reports) so that only a timeout can end rank 0's wait early."""
-    from art_generalist.distributed import init_from_env
+    from art_generalist.parallel.ranks import init_from_env
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(size),
                       LOCAL_RANK=str(rank))

@@ -18,10 +18,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_generalist import GeneralistTrainer, SingleLearnerTrainer  # noqa: E402
-from art_generalist.augment import random_crop_flip  # noqa: E402
+from art_generalist.core.augment import random_crop_flip  # noqa: E402
 from art_generalist.data import load_dataset  # noqa: E402
-from art_generalist.distributed import check_in_sync  # noqa: E402
 from art_generalist.sparse import FlyingBird  # noqa: E402
+from art_generalist.train.data_parallel import check_in_sync  # noqa: E402
 from tests.conftest import make_classifier, tiny_net  # noqa: E402
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
@@ -125,8 +125,8 @@ EVAL_POINTS = 120
 def evaluation() -> dict:
     """``evaluate`` (PGD, CW and AutoAttack in batches of 16) and ``validate``, sharded by batch."""
     from art_generalist import evaluate
-    from art_generalist.attacks import InputSpace
-    from art_generalist.validation import madry_attack, robust_flags, validate
+    from art_generalist.core.attack import InputSpace
+    from art_generalist.train.validation import madry_attack, robust_flags, validate
 
     data, clf = load_dataset("digits"), trained_classifier()
     x, y = data.x_test[:EVAL_POINTS], data.y_test[:EVAL_POINTS]
@@ -139,7 +139,7 @@ def evaluation() -> dict:
     after = torch.rand(3)  # the RNG moved as in one process
     out = {"report": report, "flags": flags, "after": after, "validate": validate(space, u, yt, "inf", 0.1, 5)}
     if dist.is_initialized() and dist.get_rank() == 0:  # rank 0 alone: no rank waits for another
-        from art_generalist.sharding import local_only
+        from art_generalist.parallel.shards import local_only
         with local_only():
             out["alone"] = alone_evaluation(clf, x, y)
     return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from art_generalist.attacks import InputSpace, ThreatModel, TrainingAttack
+from art_generalist.core.attack import InputSpace, ThreatModel, TrainingAttack
 from art_generalist.estimators import clip_range, mean_std
 from tests.conftest import make_classifier, tiny_net
 

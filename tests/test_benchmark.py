@@ -12,7 +12,7 @@ from art_generalist import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.benchmark import run as bench
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
-from art_generalist.config import RuntimeOptions
+from art_generalist.train.options import RuntimeOptions
 from tests.conftest import make_classifier
 
 FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
@@ -226,7 +226,7 @@ def test_paired_comparison_script():
 
     from tests.conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("paired", REPO_ROOT / "benchmarks" / "paired.py")
+    spec = importlib.util.spec_from_file_location("paired", REPO_ROOT / "lab" / "paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
     assert paired.mcnemar_exact(0, 0) == 1.0

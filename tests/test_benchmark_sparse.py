@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from art_generalist import SingleLearnerTrainer
-from art_generalist.benchmark import fronts
+from art_generalist.benchmark import fronts, sparse_metrics
 from art_generalist.benchmark import run as bench
-from art_generalist.benchmark import sparse as paper
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import METHODS, BenchmarkConfig, run_benchmark
 from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird
-from art_generalist.trainers.base import TensorTrainer
-from art_generalist.validation import TrackBest
+from art_generalist.train.trainer import TensorTrainer
+from art_generalist.train.validation import TrackBest
 from tests.conftest import make_classifier, snapshots_plugin
 
 SPARSE = ("pgd_at", "flying_bird@0.2", "flying_bird_plus@0.2", "robust_bird@0.2", "generalist+flying_bird@0.2")
@@ -32,11 +31,11 @@ def test_sparse_method_names_parse_and_refuse_bad_densities():
         with pytest.raises(ValueError, match=r"density .* \(0, 1\]"):
             fronts.split_method(bad, METHODS)
     cfg = BenchmarkConfig(methods=("robust_bird", "flying_bird_plus@0.5"))
-    options = paper.trainer_options("robust_bird", None, cfg)
+    options = sparse_metrics.trainer_options("robust_bird", None, cfg)
     assert isinstance(options["sparsity"], RobustBird) and options["sparsity"].density == 0.2
-    assert "plugins" not in options and paper.trainer_options("pgd_at", None, cfg) == {}
-    assert type(paper.trainer_options("generalist+flying_bird", 0.3, cfg)["sparsity"]) is FlyingBird
-    assert isinstance(paper.trainer_options("flying_bird_plus", 0.5, cfg)["sparsity"], FlyingBirdPlus)
+    assert "plugins" not in options and sparse_metrics.trainer_options("pgd_at", None, cfg) == {}
+    assert type(sparse_metrics.trainer_options("generalist+flying_bird", 0.3, cfg)["sparsity"]) is FlyingBird
+    assert isinstance(sparse_metrics.trainer_options("flying_bird_plus", 0.5, cfg)["sparsity"], FlyingBirdPlus)
     with pytest.raises(ValueError, match="flying_bird_plus needs validation data"):
         BenchmarkConfig(methods=("flying_bird_plus@0.2",), n_val=0)
     with pytest.raises(ValueError, match="paper_metrics.*n_val"):
@@ -48,10 +47,10 @@ def test_sparse_args_reach_their_family_only_and_bad_ones_are_refused():
     cfg = BenchmarkConfig(methods=("flying_bird_plus@0.2", "flying_bird@0.2", "robust_bird"), sparse_init="erk",
                           sparse_args={"flying_bird_plus": {"update_threshold": 0.75, "epoch_range": 6},
                                        "robust_bird": {"threshold": 0.05}})
-    fbp = paper.trainer_options("flying_bird_plus", 0.2, cfg)["sparsity"]
+    fbp = sparse_metrics.trainer_options("flying_bird_plus", 0.2, cfg)["sparsity"]
     assert (fbp.update_threshold, fbp.epoch_range, fbp.init) == (0.75, 6, "erk")  # the run's settings kept
-    assert paper.trainer_options("robust_bird", None, cfg)["sparsity"].threshold == 0.05
-    assert not hasattr(paper.trainer_options("flying_bird", 0.2, cfg)["sparsity"], "update_threshold")
+    assert sparse_metrics.trainer_options("robust_bird", None, cfg)["sparsity"].threshold == 0.05
+    assert not hasattr(sparse_metrics.trainer_options("flying_bird", 0.2, cfg)["sparsity"], "update_threshold")
     for bad, match in (({"flying_bird": {"update_threshold": 0.75}}, "sparse_args\\['flying_bird'\\]"),
                        ({"mart": {}}, "sparse family"), ({"flying_bird_plus": 0.75}, "sparse family"),
                        ({"flying_bird_plus": {"update_threshold": 2}}, "update_threshold")):
@@ -101,12 +100,12 @@ def test_paper_metrics_of_a_tiny_sparse_benchmark(tmp_path, monkeypatch):
     # the best validation PGD accuracy is at epoch 1 of 3 for every method: best != final
     monkeypatch.setattr(TensorTrainer, "_validate", _scripted([0.9, 0.5, 0.4]))
     gaps = []
-    real_gap = paper.generalization_gap
+    real_gap = sparse_metrics.generalization_gap
 
     def gap(classifier, *args):
         gaps.append((classifier, args))
         return real_gap(classifier, *args)
-    monkeypatch.setattr(paper, "generalization_gap", gap)
+    monkeypatch.setattr(sparse_metrics, "generalization_gap", gap)
     cfg = BenchmarkConfig(epochs=3, n_train=512, n_val=32, n_eval=96, max_iter=2, aa_version="apgd-ce",
                           pgd_steps=5, lr=0.1, batch_size=64, methods=SPARSE, out=str(tmp_path), verbose=False,
                           base_learners=False, paper_metrics=True)

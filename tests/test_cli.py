@@ -196,14 +196,14 @@ def test_bad_values_are_refused_at_parse_time_naming_the_flag(argv, flag, capsys
 
 @pytest.mark.parametrize("argv", [["benchmark"], ["train"], ["transfer"], ["evaluate", "m.safetensors"]])
 def test_collective_timeout_reaches_the_process_group(argv, monkeypatch):
-    from art_generalist import distributed
+    from art_generalist.parallel import ranks
 
     seen = []
 
     def init(device, **kwargs):
         seen.append(kwargs)
         raise RuntimeError("stop here")
-    monkeypatch.setattr(distributed, "init_from_env", init)
+    monkeypatch.setattr(ranks, "init_from_env", init)
     for extra, expected in (([], None), (["--collective-timeout", "90"], 90.0)):
         with pytest.raises(RuntimeError, match="stop here"):
             main(argv + extra + ["--quiet"])

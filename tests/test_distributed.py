@@ -16,10 +16,10 @@ from typing import Optional
 import pytest
 import torch
 
-from art_generalist.attacks import TrainingAttack
-from art_generalist.augment import random_crop_flip
+from art_generalist.core.attack import TrainingAttack
+from art_generalist.core.augment import random_crop_flip
 from art_generalist.data import load_dataset
-from art_generalist.global_draws import Shard, _GlobalDraws
+from art_generalist.parallel.draws import Shard, _GlobalDraws
 from tests._dp_worker import EVAL_POINTS, alone_evaluation, augment, build, evaluation, trained_classifier
 from tests.conftest import tiny_net
 from tests.test_checkpoint import _assert_identical, _tensors
@@ -305,7 +305,7 @@ def test_the_collective_timeout_reaches_the_process_group(monkeypatch, arg, env,
 
     import torch.distributed as dist
 
-    from art_generalist.distributed import init_from_env
+    from art_generalist.parallel.ranks import init_from_env
 
     seen = {}
 
@@ -331,7 +331,7 @@ def test_the_collective_timeout_reaches_the_process_group(monkeypatch, arg, env,
                                              (None, "soon", "ART_GENERALIST_COLLECTIVE_TIMEOUT")])
 def test_a_non_positive_collective_timeout_is_refused(monkeypatch, arg, env, named):
     """Refused with the option named, before any process group is joined (torchrun or not)."""
-    from art_generalist.distributed import init_from_env
+    from art_generalist.parallel.ranks import init_from_env
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     if env is not None:
@@ -347,7 +347,7 @@ def test_slice_draws_equal_the_global_batch_draws():
     torch.manual_seed(0)
     u, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     model = tiny_net(0).eval()
-    from art_generalist.attacks import InputSpace
+    from art_generalist.core.attack import InputSpace
     space = InputSpace(model, (0.0, 1.0), 0.0, 1.0)
     attacks = {norm_loss: TrainingAttack(space, norm_loss[0], 0.1, 0.025, 2, loss=norm_loss[1])
                for norm_loss in [("inf", "ce"), (2, "ce"), ("inf", "kl")]}

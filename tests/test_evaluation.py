@@ -10,7 +10,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from art_generalist.attacks import InputSpace, ThreatModel
+from art_generalist.core.attack import InputSpace, ThreatModel
 from art_generalist.estimators import clip_range, mean_std
 from art_generalist.evaluation import EvaluationReport, evaluate
 from art_generalist.evaluation import checks as C

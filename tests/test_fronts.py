@@ -83,7 +83,7 @@ def test_merge_runs_of_one_configuration(tmp_path):
 
     from tests.conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("merge_runs", REPO_ROOT / "benchmarks" / "merge_runs.py")
+    spec = importlib.util.spec_from_file_location("merge_runs", REPO_ROOT / "lab" / "merge_runs.py")
     merge_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(merge_runs)
 

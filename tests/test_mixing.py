@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from art_generalist.mixing import ModelEMA, WeightMixer
-from art_generalist.schedules import ema_decay
+from art_generalist.core.mixing import ModelEMA, WeightMixer
+from art_generalist.core.schedules import ema_decay
 from tests.conftest import state_equal, tiny_net
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from art_generalist.objectives import MART, TRADES, AdversarialCE, NaturalCE, resolve_objective
+from art_generalist.core.objectives import MART, TRADES, AdversarialCE, NaturalCE, resolve_objective
 from tests.conftest import tiny_net
 
 

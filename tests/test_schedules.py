@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from art_generalist.schedules import (
+from art_generalist.core.schedules import (
     OFFICIAL_BETA,
     OFFICIAL_LR,
     DistributionSchedule,
@@ -98,7 +98,7 @@ def test_invalid_distribution_arguments(start, every, length, match):
 
 
 def test_budget_relative_ema_gives_the_official_values_at_the_official_budget():
-    from art_generalist.schedules import OFFICIAL_ITERATIONS, budget_relative_ema, ema_decay
+    from art_generalist.core.schedules import OFFICIAL_ITERATIONS, budget_relative_ema, ema_decay
 
     assert OFFICIAL_ITERATIONS == 120 * 391
     decay, k = budget_relative_ema(OFFICIAL_ITERATIONS)
@@ -109,7 +109,7 @@ def test_budget_relative_ema_gives_the_official_values_at_the_official_budget():
 
 @pytest.mark.parametrize("n", [480, 922, 3780, 46920, 10**6])
 def test_budget_relative_ema_keeps_the_time_scales_as_fractions(n):
-    from art_generalist.schedules import budget_relative_ema, ema_decay
+    from art_generalist.core.schedules import budget_relative_ema, ema_decay
 
     decay, k = budget_relative_ema(n)
     assert 1 / (1 - decay) / n == pytest.approx(1000 / 46920)  # horizon: 2.13% of the run
@@ -118,7 +118,7 @@ def test_budget_relative_ema_keeps_the_time_scales_as_fractions(n):
 
 
 def test_budget_relative_ema_without_room_to_average():
-    from art_generalist.schedules import budget_relative_ema
+    from art_generalist.core.schedules import budget_relative_ema
 
     assert budget_relative_ema(40) == (0.0, 1.0)
     with pytest.raises(ValueError, match="budget"):
@@ -127,7 +127,7 @@ def test_budget_relative_ema_without_room_to_average():
 
 def test_auto_ema_is_set_from_the_budget_of_each_fit(digits):
     from art_generalist import GeneralistTrainer
-    from art_generalist.schedules import budget_relative_ema
+    from art_generalist.core.schedules import budget_relative_ema
     from tests.conftest import make_classifier
 
     trainer = GeneralistTrainer(make_classifier(), eps=0.1, eps_step=0.025, max_iter=1, verbose=False,

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from art_generalist.plugins import Plugin
+from art_generalist.train.plugins import Plugin
 from art_generalist.transfer import StepLR, TransferTrainer, load_source
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 import torch
 
-from art_generalist import distributed, estimators
-from art_generalist.attacks import InputSpace, ThreatModel
-from art_generalist.inputs import check_x, check_y
-from art_generalist.schedules import OFFICIAL_LR, Schedule
+from art_generalist import estimators
+from art_generalist.core.attack import InputSpace, ThreatModel
+from art_generalist.core.inputs import check_x, check_y
+from art_generalist.core.schedules import OFFICIAL_LR, Schedule
+from art_generalist.parallel import ranks
 from art_generalist.state.files import (
     PathLike,
     atomic_save,
@@ -26,7 +27,7 @@ from art_generalist.state.files import (
     safe_load,
     set_rng_states,
 )
-from art_generalist.validation import TrackBest, validate
+from art_generalist.train.validation import TrackBest, validate
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -63,7 +64,7 @@ class ARTTrainerRun:
         iteration: the nearest ART gets to the per-iteration schedules of the package's trainers.
     :param seed: seeds the chunked epochs' shuffling (ART shuffles within ``fit`` with numpy's
         global generator).
-    :param track_best: a :class:`~art_generalist.validation.TrackBest` offered each validated epoch
+    :param track_best: a :class:`~art_generalist.train.validation.TrackBest` offered each validated epoch
         (kept in the checkpoint), as the package's trainers take it as a plug-in.
     """
 
@@ -121,7 +122,7 @@ class ARTTrainerRun:
         ``stop_after`` returns after that epoch of the budget (to be resumed later).
         """
         path = Path(checkpoint_dir) / "art-checkpoint.pt" if checkpoint_dir is not None else None
-        if path is not None and distributed.is_main_process():
+        if path is not None and ranks.is_main_process():
             remove_stale_temporaries(path.parent)  # what a write killed mid-way left
         settings = self.settings(nb_epochs, batch_size, x, y, validation_data)
         first = self._resume(path, settings) if resume and path is not None and path.is_file() else 1
@@ -139,7 +140,7 @@ class ARTTrainerRun:
                     group["lr"] = base * factor
                 self.trainer.fit(x if idx is None else x[idx], y if idx is None else y[idx], nb_epochs=1,
                                  batch_size=batch_size)
-            distributed.broadcast_module(self.classifier.model)  # ART trains each rank alone: keep rank 0's
+            ranks.broadcast_module(self.classifier.model)  # ART trains each rank alone: keep rank 0's
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start, "examples": len(x),
                                       "lr": self.classifier.optimizer.param_groups[0]["lr"]}
             if val is not None:
@@ -148,13 +149,13 @@ class ARTTrainerRun:
                 self.track_best.offer(record, self.classifier.model)
             logger.info("ART %s epoch %d/%d %s", self.method, epoch, nb_epochs, record)
             self.history.append(record)
-            if path is not None and distributed.is_main_process():  # rank 0 writes under torch.distributed
+            if path is not None and ranks.is_main_process():  # rank 0 writes under torch.distributed
                 atomic_save({"epoch": epoch, "nb_epochs": nb_epochs, "method": self.method, "settings": settings,
                              "model": self.classifier.model.state_dict(),
                              "optimizer": self.classifier.optimizer.state_dict(), "history": self.history,
                              "chunk_rng": self._rng.bit_generator.state, "rng": collect_rng_states(),
                              "track_best": self.track_best.state_dict() if self.track_best is not None else None}, path)
-            distributed.barrier()
+            ranks.barrier()
             if stop_after is not None and stop_after <= epoch < nb_epochs:
                 break
         return self.history

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from art_generalist import distributed
-from art_generalist.benchmark import fronts
-from art_generalist.benchmark import sparse as paper
+from art_generalist.benchmark import fronts, sparse_metrics
+from art_generalist.parallel import ranks
 from art_generalist.state.files import atomic_write_json, atomic_write_text
 
 
@@ -60,7 +59,7 @@ def write_results(out: Path, results: dict) -> None:
 
     The text files are written atomically (a temporary file renamed over the old one): a kill or a
     full disk leaves the previous, whole file."""
-    if not distributed.is_main_process():
+    if not ranks.is_main_process():
         return
     atomic_write_json(out / "results.json", results, indent=2, default=str)  # whole or not at all
     cfg = results["config"]
@@ -82,8 +81,8 @@ def write_results(out: Path, results: dict) -> None:
           "## ART workarounds applied", ""]
     seen = {w["id"]: w["what"] for r in results["reports"].values() for w in r["training"]["workarounds"]}
     md += [f"* `{k}`: {v}" for k, v in seen.items()] or ["none"]
-    md += ["", *paper.paper_section(out, results), f"Machine: {results['machine']}", "", "![trade-off](tradeoff.png)",
-           ""]
+    md += ["", *sparse_metrics.paper_section(out, results), f"Machine: {results['machine']}", "",
+           "![trade-off](tradeoff.png)", ""]
     atomic_write_text(out / "results.md", "\n".join(md))
     if not results["rows"]:
         return  # nothing finished yet: the settings are recorded, there is no point to plot

@@ -21,23 +21,22 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from art_generalist import distributed
-from art_generalist.attacks import madry_step
-from art_generalist.benchmark import fronts
-from art_generalist.benchmark import sparse as paper
+from art_generalist.benchmark import fronts, sparse_metrics
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.benchmark.report import _epoch_ratios, format_fronts, format_table, write_results  # noqa: F401
+from art_generalist.core.attack import madry_step
+from art_generalist.core.objectives import TRADES
+from art_generalist.core.schedules import OFFICIAL_LR, resolve_schedule
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
+from art_generalist.methods import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.models import default_model, get_model
-from art_generalist.objectives import TRADES
-from art_generalist.schedules import OFFICIAL_LR, resolve_schedule
+from art_generalist.parallel import ranks
 from art_generalist.state.files import read_json, remove_stale_temporaries
-from art_generalist.trainers import GeneralistTrainer, SingleLearnerTrainer
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades") + paper.FAMILIES
+METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades") + sparse_metrics.FAMILIES
 
 
 @dataclass
@@ -72,10 +71,10 @@ class BenchmarkConfig:
     verbose: bool = True
     generalist: dict = field(default_factory=dict)  # extra GeneralistTrainer arguments
     resume: bool = False  # keep the finished methods of `out`, resume the others from their checkpoints
-    paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse)
+    paper_metrics: bool = False  # best/final, gap and FLOPs of every method (benchmark.sparse_metrics)
     sparse_init: str = "igq"  # layer densities of Flying Bird(+): igq (official), erk or uniform
     sparse_init_scale: str = "auto"  # Flying Bird(+)'s initial rescale of the kept weights (FlyingBird.init_scale)
-    sparse_args: dict = field(default_factory=dict)  # per sparse family, extra plug-in arguments (benchmark.sparse)
+    sparse_args: dict = field(default_factory=dict)  # per sparse family, extra plug-in arguments (sparse_metrics)
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -96,7 +95,7 @@ class BenchmarkConfig:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         resolve_schedule(self.lr_schedule, "lr_schedule", OFFICIAL_LR)  # raises on an unknown name
-        paper.check_config(self)
+        sparse_metrics.check_config(self)
 
 
 def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[Any, dict]:
@@ -113,7 +112,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules, lr_schedule=cfg.lr_schedule)
     family, knob = fronts.split_method(method, METHODS)
-    sparse_options = paper.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
+    sparse_options = sparse_metrics.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
     if family.startswith("generalist"):
         options = {**per_iteration, **cfg.generalist, **sparse_options}
         if knob is not None and family == "generalist":
@@ -122,7 +121,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
         history = trainer.fit(*split["train"], **fit)
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
-    elif family in ("pgd_at", "trades") + paper.FAMILIES:
+    elif family in ("pgd_at", "trades") + sparse_metrics.FAMILIES:
         objective = TRADES(cfg.trades_beta if knob is None else knob) if family == "trades" else "pgd"
         trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration,
                                        **sparse_options)
@@ -133,7 +132,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
                                 verbose=cfg.verbose, seed=cfg.seed,
                                 lr_schedule=resolve_schedule(cfg.lr_schedule, "lr_schedule", OFFICIAL_LR),
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
-                                track_best=paper.TrackBest() if cfg.paper_metrics else None, **budget)
+                                track_best=sparse_metrics.TrackBest() if cfg.paper_metrics else None, **budget)
         history = trainer.fit(*split["train"], nb_epochs=cfg.epochs, batch_size=cfg.batch_size,
                               validation_data=split["val"], checkpoint_dir=checkpoints, resume=cfg.resume)
         info["workarounds"] = [{"id": w, "what": WORKAROUNDS[w]} for w in trainer.workarounds]
@@ -141,7 +140,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     epoch_seconds = [r["seconds"] for r in history]
     info.update(train_seconds=seconds, epoch_seconds=epoch_seconds, median_epoch_seconds=median(epoch_seconds),
                 examples_per_s=len(split["train"][0]) * cfg.epochs / sum(epoch_seconds), history=history,
-                extra_models=extra, **paper.training_info(trainer, family, cfg, data.input_shape))
+                extra_models=extra, **sparse_metrics.training_info(trainer, family, cfg, data.input_shape))
     classifier = trainer.get_classifier() if hasattr(trainer, "get_classifier") else trainer.classifier
     return classifier, info
 
@@ -164,7 +163,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     x_test, y_test = data.x_test[test_idx], data.y_test[test_idx]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main_process():
+    if ranks.is_main_process():
         remove_stale_temporaries(out)  # the temporaries of a write that a kill interrupted
     if not cfg.resume and (out / "results.json").is_file():
         raise FileExistsError(f"{out / 'results.json'} holds the results of another run: pass resume=True "
@@ -200,7 +199,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         reports[method] = {**report.to_dict(), **({"sparsity": info.pop("sparsity")} if "sparsity" in info else {})}
         rows.append(_row(method, report, info))
         if cfg.paper_metrics:
-            rows[-1]["paper"] = reports[method]["paper"] = paper.metrics(
+            rows[-1]["paper"] = reports[method]["paper"] = sparse_metrics.metrics(
                 classifier, info, report, split["train"], x_test, y_test, cfg, test_eval)
         for name, space in info.pop("extra_models").items():
             rows.append(_row(name, _evaluate_space(space, classifier, x_test, y_test, cfg), None))

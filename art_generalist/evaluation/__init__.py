@@ -9,7 +9,7 @@ when installed, else ``pyautoattack``).
 """
 from art_generalist.evaluation.autoattack_adapter import AutoAttackAdapter
 from art_generalist.evaluation.checks import CheckResult
-from art_generalist.evaluation.core import evaluate
 from art_generalist.evaluation.report import EvaluationReport
+from art_generalist.evaluation.runner import evaluate
 
 __all__ = ["evaluate", "EvaluationReport", "AutoAttackAdapter", "CheckResult"]

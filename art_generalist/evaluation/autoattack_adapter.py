@@ -16,7 +16,7 @@ at a time on the points still robust (AutoAttack's own aggregation), so it can r
 sub-attack's time and kills, which the Square-vs-white-box integrity check needs. The results
 are the same as one ``run_standard_evaluation`` call: AutoAttack reseeds at every batch, so the
 adapter calls it once per batch, and under ``torch.distributed`` shares the batches out across
-the ranks (:mod:`art_generalist.sharding`). The global torch RNG is restored afterwards (APGD
+the ranks (:mod:`art_generalist.parallel.shards`). The global torch RNG is restored afterwards (APGD
 and FAB reseed it).
 
 Versions: ``"standard"``, ``"plus"`` and ``"rand"`` are AutoAttack's own presets; ``"fast"``
@@ -39,8 +39,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from art_generalist.attacks import ThreatModel, predict_labels
-from art_generalist.sharding import batch_starts, gather, owns
+from art_generalist.core.attack import ThreatModel, predict_labels
+from art_generalist.parallel.shards import batch_starts, gather, owns
 
 logger = logging.getLogger(__name__)
 

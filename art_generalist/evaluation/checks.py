@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_generalist.attacks import ThreatModel
+from art_generalist.core.attack import ThreatModel
 
 __all__ = ["CheckResult", "CHEAP_CHECKS", "EXPENSIVE_CHECKS", "noise_tolerance", "robust_le_clean",
            "perturbation_valid", "probe_outputs", "nonzero_gradients", "loss_rises", "eps_zero", "pgd_le_fgsm",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from art_generalist.evaluation.checks import CheckResult
-from art_generalist.sharding import gather
+from art_generalist.parallel.shards import gather
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Tensor-native PGD / FGSM for evaluation, with restarts and a per-step loss trace.
 
-Everything runs in unit range ``u ∈ [0, 1]`` on an :class:`~art_generalist.attacks.InputSpace`
+Everything runs in unit range ``u ∈ [0, 1]`` on an :class:`~art_generalist.core.attack.InputSpace`
 (so ε is already divided by ``hi − lo``). With one restart and the CE loss, :func:`pgd` computes
 exactly what ``torchattacks.PGD`` / ``torchattacks.PGDL2`` compute when the global RNG holds the
 same seed as our private generator: the same uniform (L∞) or scaled-Gaussian (L2) random start,
@@ -17,7 +17,7 @@ The ``"cw"`` loss is the CW∞ margin of Madry's / the Generalist code: ``-relu(
 by 50 (Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644). The random draws come from a
 private :class:`torch.Generator`, so the caller's global RNG is never touched. Under
 ``torch.distributed`` the batches are shared out across the ranks and the results gathered
-(:mod:`art_generalist.sharding`): the same numbers as one process.
+(:mod:`art_generalist.parallel.shards`): the same numbers as one process.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_generalist.attacks import ThreatModel, madry_step
-from art_generalist.sharding import batch_starts, gather, owns
+from art_generalist.core.attack import ThreatModel, madry_step
+from art_generalist.parallel.shards import batch_starts, gather, owns
 
 __all__ = ["AttackRun", "PerturbationStats", "pgd", "fgsm", "perturbation_stats", "cw_loss"]
 

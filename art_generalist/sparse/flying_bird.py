@@ -44,14 +44,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
 from torch import nn
 
-from art_generalist.plugins import Batch
 from art_generalist.sparse.densities import METHODS, layer_densities
 from art_generalist.sparse.masks import Masks
 from art_generalist.sparse.plugin import SparsityPlugin
 from art_generalist.sparse.topology import GROWTH, cosine_death_rate, gap_trend, loss_trend, update_topology
+from art_generalist.train.plugins import Batch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from art_generalist.learners import Learner
+    from art_generalist.core.learner import Learner
 
 logger = logging.getLogger(__name__)
 

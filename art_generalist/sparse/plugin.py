@@ -4,7 +4,7 @@ A :class:`SparsityPlugin` keeps **one** :class:`~art_generalist.sparse.masks.Mas
 every model of its trainer: with :class:`~art_generalist.GeneralistTrainer` the base learners,
 their EMA teachers and the global learner; with
 :class:`~art_generalist.SingleLearnerTrainer` its one model. It attaches at the hooks of
-:mod:`art_generalist.plugins`:
+:mod:`art_generalist.train.plugins`:
 
 * ``setup``: finds the models (``trainer._models()``) and the learners (``trainer._learners()``),
   picks the *primary* learner (the first adversarial one: the robust learner of Generalist, the
@@ -29,21 +29,21 @@ same, so a masked model trains and infers as fast as the dense one.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from art_generalist import distributed
-from art_generalist.options import check_int
-from art_generalist.plugins import Batch, Plugin
+from art_generalist.core.options import check_int
+from art_generalist.parallel import ranks
 from art_generalist.sparse.flops import SparseFlops
 from art_generalist.sparse.layers import check_density, prunable_modules
 from art_generalist.sparse.masks import Masks
 from art_generalist.sparse.report import learner_cost, sparsity_report
+from art_generalist.train.plugins import Batch, Plugin
 
 if TYPE_CHECKING:  # pragma: no cover
-    from art_generalist.learners import Learner
+    from art_generalist.core.learner import Learner
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ class SparsityPlugin(Plugin):
     """
 
     name = "sparsity"
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model without layers that can hold a mask (or one already pruned with
+        ``torch.nn.utils.prune``), before the trainer's copy of it would fail."""
+        prunable_modules(model)
     method = "sparse training"
 
     def __init__(self, density: float = 0.2, seed: int = 0) -> None:
@@ -166,9 +171,9 @@ class SparsityPlugin(Plugin):
     def apply_all(self) -> None:
         """Zero the masked weights of every model and the masked optimizer state of every learner.
         Under torch.distributed every rank takes rank 0's masks first, so all prune the same weights."""
-        if distributed.active():  # one flat buffer for all the masks
+        if ranks.active():  # one flat buffer for all the masks
             names = list(self.masks)
-            for name, mask in zip(names, distributed.broadcast_state([self.masks[n] for n in names])):
+            for name, mask in zip(names, ranks.broadcast_state([self.masks[n] for n in names])):
                 self.masks[name] = mask
         for model in self._models:
             self.masks.apply_(model)
@@ -216,19 +221,3 @@ class SparsityPlugin(Plugin):
     @staticmethod
     def _new_epoch() -> dict:
         return {"iterations": 0, "density_sums": {}, "updates": 0}
-
-
-def with_sparsity(plugins: Optional[Sequence[Plugin]], sparsity: Optional[SparsityPlugin],
-                  model: Optional[nn.Module] = None) -> list:
-    """``plugins`` with the ``sparsity`` plug-in appended, after checking it and that ``model`` has
-    layers that can hold a mask (a model pruned with ``torch.nn.utils.prune`` is refused here,
-    before the trainer's deep copy would fail on it)."""
-    plugins = list(plugins) if plugins is not None else []
-    if sparsity is None:
-        return plugins
-    if not isinstance(sparsity, SparsityPlugin):
-        raise TypeError(f"`sparsity` must be a sparsity plug-in (FlyingBird, FlyingBirdPlus or RobustBird from "
-                        f"art_generalist.sparse), got {sparsity!r} ({type(sparsity).__name__}).")
-    if model is not None:
-        prunable_modules(model)
-    return [*plugins, sparsity]

@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from art_generalist.objectives import MART, TRADES
+from art_generalist.core.objectives import MART, TRADES
 from art_generalist.sparse.flops import SparseFlops
 
 if TYPE_CHECKING:  # pragma: no cover
-    from art_generalist.learners import Learner
-    from art_generalist.sparse.plugin import SparsityPlugin
+    from art_generalist.core.learner import Learner
 
 NOTE = ("Unstructured sparsity saves FLOPs, not wall-clock time: dense kernels multiply the zeros all the same, "
         "so the seconds are those of dense training.")
@@ -56,7 +55,7 @@ def learner_cost(flops: SparseFlops, learner: "Learner", densities: Optional[Map
     return float(cost)
 
 
-def sparsity_report(plugin: "SparsityPlugin", history: Sequence[dict]) -> dict:
+def sparsity_report(plugin: Any, history: Sequence[dict]) -> dict:
     """Density and FLOPs of a sparse run, from the plug-in and the trainer's history.
 
     Keys: ``method``, ``settings``, ``density`` (global, now), ``layers`` (per weight name:

@@ -37,13 +37,13 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from art_generalist import distributed
+from art_generalist.core.objectives import NaturalCE
 from art_generalist.estimators import clone_optimizer
-from art_generalist.objectives import NaturalCE
-from art_generalist.plugins import Batch
+from art_generalist.parallel import ranks
 from art_generalist.sparse.masks import Masks
 from art_generalist.sparse.plugin import SparsityPlugin
 from art_generalist.sparse.topology import early_bird_emerged
+from art_generalist.train.plugins import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ class RobustBird(SparsityPlugin):
                     loss = objective(space, u, y).loss
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    distributed.average_gradients(model)  # the step on the global batch
+                    ranks.average_gradients(model)  # the step on the global batch
                     optimizer.step()
-                    seen += len(y) * distributed.world()[1]
+                    seen += len(y) * ranks.world()[1]
                 recent = [*recent, Masks.global_magnitude(model, self.density, layers=layers)][-self.window:]
                 distance = (max(recent[-1].hamming(old) for old in recent[:-1]) if len(recent) == self.window
                             else None)
@@ -132,7 +132,7 @@ class RobustBird(SparsityPlugin):
         finally:
             space.train(was_training)
             model.zero_grad(set_to_none=True)
-        distributed.broadcast_module(model)  # every rank prunes and installs rank 0's weights
+        ranks.broadcast_module(model)  # every rank prunes and installs rank 0's weights
         ticket = Masks.global_magnitude(model, self.density, layers="conv+linear")
         state = model.state_dict()
         for other in self._models:
@@ -149,10 +149,10 @@ class RobustBird(SparsityPlugin):
     @staticmethod
     def _rank0_decision(emerged: bool, distance: Optional[float]) -> tuple[bool, Optional[float]]:
         """Rank 0's stop decision and distance on every rank (the arguments in one process)."""
-        if not distributed.active():
+        if not ranks.active():
             return emerged, distance
         sent = torch.tensor([float(emerged), math.nan if distance is None else distance], dtype=torch.float64)
-        got = distributed.broadcast_tensor(sent).tolist()
+        got = ranks.broadcast_tensor(sent).tolist()
         return bool(got[0]), None if math.isnan(got[1]) else got[1]
 
     def state_dict(self) -> dict:

@@ -1,8 +1,7 @@
-"""Trainer state on disk: checkpoint files (:mod:`.files`), what a trainer saves and restores
-(:mod:`.trainer_state`), and the exported model (:mod:`.export`)."""
+"""Files on disk: checkpoint files, hashes and atomic writes (:mod:`.files`), what a run is
+(:mod:`.fingerprint`), and the exported model (:mod:`.export`). What a trainer saves and
+restores is :mod:`art_generalist.train.checkpoints`."""
 from art_generalist.state.export import load_exported, read_metadata
 from art_generalist.state.files import UnsafeCheckpointError, safe_load
-from art_generalist.state.trainer_state import Progress, TrainerState, list_checkpoints
 
-__all__ = ["TrainerState", "Progress", "list_checkpoints", "load_exported", "read_metadata", "safe_load",
-           "UnsafeCheckpointError"]
+__all__ = ["load_exported", "read_metadata", "safe_load", "UnsafeCheckpointError"]

@@ -85,9 +85,9 @@ def _source_name(method: str, eps: float) -> str:
 
 def train_source(method: str, eps: float, args: argparse.Namespace, data: Any, out: Path) -> Path:
     """Train (or find) one source model and return its export path."""
-    from art_generalist import GeneralistTrainer, SingleLearnerTrainer
-    from art_generalist.attacks import madry_step
+    from art_generalist.core.attack import madry_step
     from art_generalist.estimators import build_classifier
+    from art_generalist.methods import GeneralistTrainer, SingleLearnerTrainer
     from art_generalist.models import get_model
 
     name = _source_name(method, eps)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from art_generalist.plugins import Plugin
+from art_generalist.train.plugins import Plugin
 
 logger = logging.getLogger(__name__)
 

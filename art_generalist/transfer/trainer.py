@@ -19,11 +19,11 @@ import torch
 from art.defences.trainer import Trainer
 
 from art_generalist import estimators
-from art_generalist.objectives import Objective
-from art_generalist.plugins import Plugin
-from art_generalist.trainers.single import SingleLearnerTrainer
+from art_generalist.core.objectives import Objective
+from art_generalist.methods.single import SingleLearnerTrainer
+from art_generalist.train.plugins import Plugin
+from art_generalist.train.validation import score
 from art_generalist.transfer.heads import MODES, TransferFreeze, find_head, replace_head
-from art_generalist.validation import score
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
