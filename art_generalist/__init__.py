@@ -15,8 +15,9 @@ from art_generalist.core.objectives import MART, TRADES, AdversarialCE, NaturalC
 from art_generalist.core.schedules import PiecewiseLinear, distribution_epochs, ema_decay
 from art_generalist.evaluation import EvaluationReport, evaluate
 from art_generalist.methods import AdversarialTrainerTensor, GeneralistTrainer, SingleLearnerTrainer
+from art_generalist.methods.generalist import GeneralistConfig
 from art_generalist.state import load_exported
-from art_generalist.train.options import GeneralistConfig, PGDBudget, RuntimeOptions
+from art_generalist.train.options import PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin
 
 __version__ = "0.2.0"

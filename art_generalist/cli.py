@@ -20,6 +20,7 @@ from art_generalist.data import DATASETS
 from art_generalist.estimators import build_classifier
 from art_generalist.evaluation.autoattack_adapter import AA_VERSIONS
 from art_generalist.evaluation.runner import ATTACKS
+from art_generalist.methods import registry
 from art_generalist.models import default_model
 from art_generalist.parallel import ranks
 from art_generalist.state.files import atomic_write_json, remove_stale_temporaries
@@ -146,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one method, checkpoint, export the model")
     _common(t)
     _training(t)
-    t.add_argument("--method", default="generalist", choices=["generalist", "pgd_at", "trades", "mart"])
+    t.add_argument("--method", default="generalist", choices=list(registry.method_names(train=True)))
     t.add_argument("--out", default="runs/train")
     t.add_argument("--checkpoint-every", type=COUNT, default=1)
     t.add_argument("--resume", action="store_true", help="continue the run in --out (refused if its settings differ)")
@@ -205,7 +206,6 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from art_generalist.data import load_dataset
-    from art_generalist.methods import GeneralistTrainer, SingleLearnerTrainer
     from art_generalist.models import get_model
 
     data = load_dataset(args.dataset, root=args.data_root, seed=args.seed,
@@ -217,8 +217,7 @@ def _train(args: argparse.Namespace) -> int:
     eps_step = madry_step(eps, args.max_iter) if args.eps_step is None else args.eps_step
     budget = dict(eps=eps, eps_step=eps_step, max_iter=args.max_iter,
                   verbose=not args.quiet, lr_schedule=args.lr_schedule)
-    trainer = (GeneralistTrainer(clf, **budget) if args.method == "generalist"
-               else SingleLearnerTrainer(clf, objective="pgd" if args.method == "pgd_at" else args.method, **budget))
+    trainer = registry.get_method(args.method).build(clf, budget)
     n_val = args.n_val
     x_val, y_val = data.x_train[:n_val], data.y_train[:n_val]
     out = Path(args.out)

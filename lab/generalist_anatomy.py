@@ -65,7 +65,7 @@ from art_generalist.core.attack import madry_step
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
 from art_generalist.methods import TensorTrainer
-from art_generalist.methods.engine import Generalist
+from art_generalist.methods.generalist import Generalist
 from art_generalist.models import get_model
 from art_generalist.train import list_checkpoints
 from art_generalist.train.validation import madry_attack, robust_flags

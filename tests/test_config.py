@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from art_generalist import GeneralistConfig, GeneralistTrainer, LearnerSpec
-from art_generalist.train.options import PGDBudget, RuntimeOptions, knob_table
-from tests.conftest import make_classifier
+from art_generalist.methods.generalist import knob_table
+from art_generalist.train.options import PGDBudget, RuntimeOptions
+from tests.conftest import FAST, make_classifier
 
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -18,7 +18,7 @@ def test_readme_knob_table_is_the_generated_one():
     text = README.read_text(encoding="utf-8")
     match = re.search(r"<!-- knobs:start -->\n(.*?)\n<!-- knobs:end -->", text, re.S)
     assert match, "README.md lacks the generated knob table markers"
-    regenerate = "python -c 'from art_generalist.train.options import knob_table; print(knob_table())'"
+    regenerate = "python -c 'from art_generalist.methods.generalist import knob_table; print(knob_table())'"
     assert match.group(1) == knob_table(), f"regenerate the table with: {regenerate}"
 
 

@@ -14,7 +14,7 @@ from art_generalist.benchmark.fronts import FRONT_METHODS
 from art_generalist.benchmark.run import METHODS, RUNTIME_FIELDS, BenchmarkConfig, format_fronts, format_table
 from art_generalist.benchmark.sparse_metrics import format_paper_table
 from art_generalist.evaluation.autoattack_adapter import AA_VERSIONS
-from art_generalist.train.options import GeneralistConfig
+from art_generalist.methods.generalist import GeneralistConfig
 
 
 def _json_object(text: str) -> dict:

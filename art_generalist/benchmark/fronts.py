@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-#: family -> (knob name, how the knob is read)
-KNOBS = {"generalist": "final β", "art_trades": "TRADES β", "trades": "TRADES β", "robust_bird": "density",
-         "flying_bird": "density", "flying_bird_plus": "density", "generalist+flying_bird": "density"}
+from art_generalist.methods import registry
+
+#: family -> its knob (how the knob is read), from the method registry's benchmark methods
+KNOBS = {m.name: m.knob for m in registry.methods() if m.benchmark and m.knob is not None}
 
 #: The sweep of ``art-generalist benchmark --fronts``.
 FRONT_METHODS = ("generalist@1.0", "generalist@0.7", "generalist@0.4", "generalist@0.2",

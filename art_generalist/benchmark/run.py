@@ -25,18 +25,19 @@ from art_generalist.benchmark import fronts, sparse_metrics
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.benchmark.report import _epoch_ratios, format_fronts, format_table, write_results  # noqa: F401
 from art_generalist.core.attack import madry_step
-from art_generalist.core.objectives import TRADES
+from art_generalist.core.objectives import OBJECTIVES
 from art_generalist.core.schedules import OFFICIAL_LR, resolve_schedule
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
-from art_generalist.methods import GeneralistTrainer, SingleLearnerTrainer
+from art_generalist.methods import registry
 from art_generalist.models import default_model, get_model
 from art_generalist.parallel import ranks
 from art_generalist.state.files import read_json, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("generalist", "art_madry", "art_trades", "pgd_at", "trades") + sparse_metrics.FAMILIES
+#: The benchmark's methods: those of the method registry offered to the benchmark, in its order.
+METHODS = registry.method_names(benchmark=True)
 
 
 @dataclass
@@ -112,23 +113,24 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     start = time.perf_counter()
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules, lr_schedule=cfg.lr_schedule)
     family, knob = fronts.split_method(method, METHODS)
+    entry = registry.get_method(family)
+    beta = cfg.trades_beta if knob is None else knob  # the TRADES β of a method with that knob (and of ART's)
     sparse_options = sparse_metrics.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
-    if family.startswith("generalist"):
+    if entry.is_generalist:
         options = {**per_iteration, **cfg.generalist, **sparse_options}
-        if knob is not None and family == "generalist":
+        if knob is not None and entry.knob == registry.FINAL_BETA:
             options["beta_schedule"] = fronts.generalist_beta(knob)
-        trainer = GeneralistTrainer(clf, verbose=cfg.verbose, **budget, **options)
+        trainer = entry.build(clf, budget, verbose=cfg.verbose, **options)
         history = trainer.fit(*split["train"], **fit)
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
-    elif family in ("pgd_at", "trades") + sparse_metrics.FAMILIES:
-        objective = TRADES(cfg.trades_beta if knob is None else knob) if family == "trades" else "pgd"
-        trainer = SingleLearnerTrainer(clf, objective=objective, verbose=cfg.verbose, **budget, **per_iteration,
-                                       **sparse_options)
+    elif entry.art is None:
+        objective = OBJECTIVES[entry.objective](beta) if entry.knob == registry.TRADES_BETA else entry.objective
+        trainer = entry.build(clf, budget, objective=objective, verbose=cfg.verbose, **per_iteration,
+                              **sparse_options)
         history = trainer.fit(*split["train"], **fit)
     else:
-        trainer = ARTTrainerRun(clf, "madry" if family == "art_madry" else "trades",
-                                trades_beta=cfg.trades_beta if knob is None else knob,
+        trainer = ARTTrainerRun(clf, entry.art, trades_beta=beta,
                                 verbose=cfg.verbose, seed=cfg.seed,
                                 lr_schedule=resolve_schedule(cfg.lr_schedule, "lr_schedule", OFFICIAL_LR),
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,

@@ -23,13 +23,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird, SparseFlops
+from art_generalist.methods import registry
+from art_generalist.sparse import RobustBird, SparseFlops
 from art_generalist.sparse.report import learner_cost
 from art_generalist.train.validation import TrackBest
 
-#: sparse family -> its plug-in class
-PLUGINS = {"robust_bird": RobustBird, "flying_bird": FlyingBird, "flying_bird_plus": FlyingBirdPlus,
-           "generalist+flying_bird": FlyingBird}
+#: sparse family -> its plug-in class, from the method registry's benchmark methods
+PLUGINS = {m.name: m.sparsity for m in registry.methods() if m.benchmark and m.sparsity is not None}
 FAMILIES = tuple(PLUGINS)
 DEFAULT_DENSITY = 0.2
 

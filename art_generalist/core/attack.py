@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -90,11 +91,43 @@ def _broadcastable(value, device: torch.device) -> torch.Tensor:
     return t.reshape(-1, 1, 1) if t.dim() == 1 else t
 
 
+#: A torchattacks constructor: (space, eps, alpha, steps, random_start) -> attack, in unit range.
+AttackFactory = Callable[[nn.Module, float, float, int, bool], Any]
+
+
+@dataclass(frozen=True)
+class AttackLoss:
+    """How the training attack maximises one attack loss: a torchattacks constructor per threat
+    model (a threat model without one is refused with ``unavailable``), and ``clean_forwards``,
+    the extra forward passes per example beyond the steps (TRADES' KL attack needs the clean
+    logits once), counted by the FLOPs accounting."""
+
+    attacks: Mapping[ThreatModel, AttackFactory]
+    unavailable: str = ""
+    clean_forwards: int = 0
+
+
+#: Attack losses by name (an objective's ``attack_loss``): register a new one here.
+ATTACK_LOSSES: dict[str, AttackLoss] = {
+    "ce": AttackLoss({  # Madry PGD on the cross-entropy
+        ThreatModel.LINF: lambda space, eps, alpha, steps, rs: torchattacks.PGD(
+            space, eps=eps, alpha=alpha, steps=steps, random_start=rs),
+        ThreatModel.L2: lambda space, eps, alpha, steps, rs: torchattacks.PGDL2(
+            space, eps=eps, alpha=alpha, steps=steps, random_start=rs),
+    }),
+    "kl": AttackLoss({  # TRADES' maximisation of KL(f(x) || f(x'))
+        ThreatModel.LINF: lambda space, eps, alpha, steps, rs: torchattacks.TPGD(
+            space, eps=eps, alpha=alpha, steps=steps),
+    }, unavailable="The TRADES (KL) training attack is available for the L∞ threat model only.", clean_forwards=1),
+}
+
+
 class TrainingAttack:
     """PGD from torchattacks on an :class:`InputSpace`, with ε and step in ART's input units.
 
-    :param loss: ``'ce'`` (Madry PGD; ``torchattacks.PGD`` / ``PGDL2``) or ``'kl'`` (TRADES'
-        inner maximisation of KL(f(x) || f(x'));``torchattacks.TPGD``, L∞ only).
+    :param loss: a key of :data:`ATTACK_LOSSES`: ``'ce'`` (Madry PGD; ``torchattacks.PGD`` /
+        ``PGDL2``) or ``'kl'`` (TRADES' inner maximisation of KL(f(x) || f(x'));
+        ``torchattacks.TPGD``, L∞ only).
     :param draws: wraps the torchattacks call around its random draws (the trainers pass
         :func:`art_generalist.parallel.draws.sharded`, so that under ``torch.distributed`` each
         rank draws its slice of the global batch's random start); ``None`` calls it as it is.
@@ -113,16 +146,14 @@ class TrainingAttack:
 
     def _torchattack(self, steps: int) -> Any:
         eps_u, step_u = self.eps / self.space.scale, self.eps_step / self.space.scale
-        space, loss = self.space, self.loss
-        if loss == "ce" and self.norm is ThreatModel.LINF:
-            return torchattacks.PGD(space, eps=eps_u, alpha=step_u, steps=steps, random_start=self.random_start)
-        if loss == "ce":
-            return torchattacks.PGDL2(space, eps=eps_u, alpha=step_u, steps=steps, random_start=self.random_start)
-        if loss == "kl" and self.norm is ThreatModel.LINF:
-            return torchattacks.TPGD(space, eps=eps_u, alpha=step_u, steps=steps)
-        if loss == "kl":
-            raise ValueError("The TRADES (KL) training attack is available for the L∞ threat model only.")
-        raise ValueError(f"Unknown attack loss {loss!r}: use 'ce' or 'kl'.")
+        entry = ATTACK_LOSSES.get(self.loss) if isinstance(self.loss, str) else None
+        if entry is None:
+            raise ValueError(f"Unknown attack loss {self.loss!r}: use {' or '.join(map(repr, ATTACK_LOSSES))}.")
+        make = entry.attacks.get(self.norm)
+        if make is None:
+            raise ValueError(entry.unavailable or f"The {self.loss!r} training attack has no {self.norm.value} "
+                                                  f"threat model.")
+        return make(self.space, eps_u, step_u, steps, self.random_start)
 
     def __call__(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for unit-range inputs ``u`` and index labels ``y``."""

@@ -6,10 +6,10 @@ the trainer's real model; each Conv2d/Linear layer's count is scaled by its mask
 "sparse" figure) or not (the "dense-equivalent" figure: the same iterations on the dense model).
 One training step of a learner on one example costs
 
-* ``passes * (forward + backward)``: the objective's passes (1 for natural training and PGD-AT,
-  2 for TRADES and MART, which also run the clean batch);
-* plus ``k * (forward + input_backward)`` for a PGD-``k`` training attack (and one more forward
-  for TRADES' KL attack, which needs the clean logits).
+* ``passes * (forward + backward)``: the objective's declared ``passes`` (1 for natural training
+  and PGD-AT, 2 for TRADES and MART, which also run the clean batch);
+* plus ``k * (forward + input_backward)`` for a PGD-``k`` training attack, and its attack loss's
+  ``clean_forwards`` forwards (one for TRADES' KL attack, which needs the clean logits).
 
 An epoch costs its examples (``record["examples"]``) times the sum of its learners' per-example
 costs, at the layer densities averaged over the epoch's iterations (they change only at Flying
@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from art_generalist.core.objectives import MART, TRADES
+from art_generalist.core.attack import ATTACK_LOSSES
 from art_generalist.sparse.flops import SparseFlops
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,12 +46,12 @@ def learner_cost(flops: SparseFlops, learner: "Learner", densities: Optional[Map
     densities; ``None`` gives the dense-equivalent figure."""
     fl, sparse = _at(flops, densities)
     forward, backward, input_backward = (fl.total(p, sparse) for p in ("forward", "backward", "input_backward"))
-    passes = 2 if isinstance(learner.objective, (TRADES, MART)) else 1
+    passes = learner.objective.passes  # declared by the objective (core.objectives.register_objective)
     cost = passes * (forward + backward)
     attack = learner.attack
     steps = attack.max_iter if attack is not None and attack.eps > 0 else 0
     if steps:
-        cost += steps * (forward + input_backward) + (forward if attack.loss == "kl" else 0.0)
+        cost += steps * (forward + input_backward) + ATTACK_LOSSES[attack.loss].clean_forwards * forward
     return float(cost)
 
 
