@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 
 setup(
     name="art-generalist",
-    version="0.2.0",
+    version="0.3.0",
     description=(
         "Generalist (Wang & Wang, CVPR 2023) and related adversarial-training methods "
         "as drop-in trainers for IBM's Adversarial Robustness Toolbox"

@@ -20,7 +20,7 @@ from art_generalist.state import load_exported
 from art_generalist.train.options import PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "GeneralistTrainer",
