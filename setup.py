@@ -1,13 +1,15 @@
 """Installation script for art-generalist."""
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "art_generalist" / "_version.py").read_text()).group(1)
 
 setup(
     name="art-generalist",
-    version="0.3.0",
+    version=VERSION,
     description=(
         "Generalist (Wang & Wang, CVPR 2023) and related adversarial-training methods "
         "as drop-in trainers for IBM's Adversarial Robustness Toolbox"

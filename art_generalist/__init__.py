@@ -8,6 +8,7 @@ The package is laid out along the data flow, each room importing only the rooms 
 :mod:`~art_generalist.methods` (Generalist: :mod:`art_generalist.methods.generalist`),
 :mod:`~art_generalist.transfer`, :mod:`~art_generalist.benchmark` and the command line.
 """
+from art_generalist._version import __version__
 from art_generalist.core.attack import ThreatModel, TrainingAttack
 from art_generalist.core.learner import LearnerSpec
 from art_generalist.core.mixing import ModelEMA, WeightMixer
@@ -20,9 +21,8 @@ from art_generalist.state import load_exported
 from art_generalist.train.options import PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin
 
-__version__ = "0.3.0"
-
 __all__ = [
+    "__version__",
     "GeneralistTrainer",
     "SingleLearnerTrainer",
     "AdversarialTrainerTensor",

@@ -18,7 +18,7 @@ def _modules() -> dict[str, Path]:
 #: The rooms of the package, bottom to top: a module imports only modules of its own room or of
 #: a room on a lower level (the data flow of the README's layout section).
 LEVELS = {
-    "core": 0, "parallel": 0, "models": 0, "data": 0,  # tensors, ranks, architectures, data sets
+    "core": 0, "parallel": 0, "models": 0, "data": 0, "_version": 0,  # tensors, ranks, architectures, data
     "estimators": 1,  # the ART glue
     "state": 2,  # files: checkpoints, hashes, exports
     "train": 3,  # the loop, plug-in hooks, data-parallel, validation, checkpoints of a trainer

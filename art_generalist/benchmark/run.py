@@ -21,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from art_generalist._version import __version__, source_commit
 from art_generalist.benchmark import fronts, sparse_metrics
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.benchmark.report import _epoch_ratios, format_fronts, format_table, write_results  # noqa: F401
@@ -281,5 +282,6 @@ def _row(name: str, report: Any, info: Optional[dict]) -> dict:
 
 def _machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "art_generalist": __version__,
+            "art_generalist_commit": source_commit(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

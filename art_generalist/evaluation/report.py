@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from art_generalist._version import __version__, source_commit
+
 __all__ = ["EvaluationReport", "package_versions"]
 
 _PACKAGES = ("art-generalist", "torch", "adversarial-robustness-toolbox", "torchattacks", "pyautoattack",
@@ -21,8 +23,11 @@ _PACKAGES = ("art-generalist", "torch", "adversarial-robustness-toolbox", "torch
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and of the packages that shape the numbers (absent ones omitted)."""
-    out = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    out = {"python": platform.python_version(), "art-generalist": __version__}
+    commit = source_commit()
+    if commit is not None:
+        out["art-generalist-commit"] = commit
+    for name in _PACKAGES[1:]:  # art-generalist: the source's own version, not a stale install's
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
