@@ -88,7 +88,7 @@ def correctness(trainer: TensorTrainer, name: str, u: torch.Tensor, y: torch.Ten
     """Per-example clean and PGD correctness of model ``name``, exactly as
     :meth:`TensorTrainer.accuracy` computes its means after ``torch.manual_seed(seed)``: the same
     attack (2.5·eps/steps), the same batches, PGD run only on the clean-correct points."""
-    space = trainer._models()[name]
+    space = trainer.models()[name]
     torch.manual_seed(seed)
     clean_ok, adv_ok, _ = robust_flags(space, u, y, madry_attack(space, trainer.norm, trainer.eps, pgd_steps),
                                        batch_size)

@@ -94,7 +94,7 @@ def training_info(trainer: Any, family: str, cfg: Any, input_shape: tuple) -> di
     else:
         fl = SparseFlops.measure(model, input_shape)
         if hasattr(trainer, "_learners"):
-            per_example = sum(learner_cost(fl, lrn, None) for lrn in trainer._learners())
+            per_example = sum(learner_cost(fl, lrn, None) for lrn in trainer.base_learners())
         else:  # ART: Madry = PGD-AT; TRADES = PGD-AT plus the clean pass (its attack is CE-PGD)
             per_example = fl.adversarial_training(cfg.max_iter, sparse=False)
             per_example += fl.natural_training(sparse=False) if trainer.method == "trades" else 0.0

@@ -319,7 +319,6 @@ class GeneralistTrainer(TensorTrainer):
         self.global_ema = ModelEMA(self.global_space.model, decay, self.config.ema.warmup, self.mixer, copy=False)
         self.learners = [self._build_learner(spec, classifier) for spec in self.specs]
         self._engine: Optional[Generalist] = None
-        self._finish_init()
 
     # -- construction ---------------------------------------------------------------------
     def _build_learner(self, spec: LearnerSpec, template: "PyTorchClassifier") -> Learner:

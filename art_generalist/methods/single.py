@@ -56,7 +56,6 @@ class SingleLearnerTrainer(TensorTrainer):
                                None if lr_schedule is None else resolve_schedule(lr_schedule, "lr_schedule",
                                                                                  OFFICIAL_LR), self.plugins)
         self.learner.from_classifier_optimizer = True
-        self._finish_init()
 
     def _state_name(self) -> str:
         return "SingleLearnerTrainer"
@@ -94,5 +93,5 @@ class AdversarialTrainerTensor(SingleLearnerTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         warnings.warn("AdversarialTrainerTensor is deprecated; use art_generalist.SingleLearnerTrainer.",
-                      DeprecationWarning, stacklevel=2)
+                      DeprecationWarning, stacklevel=3)
         super().__init__(*args, **kwargs)

@@ -6,7 +6,7 @@ their EMA teachers and the global learner; with
 :class:`~art_generalist.SingleLearnerTrainer` its one model. It attaches at the hooks of
 :mod:`art_generalist.train.plugins`:
 
-* ``setup``: finds the models (``trainer._models()``) and the learners (``trainer._learners()``),
+* ``setup``: finds the models (``trainer.models()``) and the learners (``trainer.base_learners()``),
   picks the *primary* learner (the first adversarial one: the robust learner of Generalist, the
   only learner otherwise), measures the model's FLOPs (:mod:`~art_generalist.sparse.flops`) and,
   for the methods that are sparse from the start, draws the masks and applies them to every model
@@ -112,12 +112,12 @@ class SparsityPlugin(Plugin):
 
     # -- hooks of the plug-in contract ------------------------------------------------------------
     def setup(self, trainer: Any) -> None:
-        learners = list(trainer._learners())
+        learners = trainer.base_learners()
         if not learners:
             raise ValueError(f"{type(self).__name__} needs a trainer with learners; {type(trainer).__name__} "
                              f"lists none.")
         models: list[nn.Module] = []
-        for model in [*(space.model for space in trainer._models().values()), *(lrn.model for lrn in learners)]:
+        for model in [*(space.model for space in trainer.models().values()), *(lrn.model for lrn in learners)]:
             if all(model is not m for m in models):
                 prunable_modules(model)  # a clear error for a model without a maskable layer
                 models.append(model)

@@ -9,10 +9,14 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+import torch
+
+from art_generalist.core.attack import predict_labels
 from art_generalist.core.inputs import check_batch
 from art_generalist.core.options import check_int
 from art_generalist.state import fingerprint
 from art_generalist.train.feed import array_batches, generator_batches, loader_batches, nb_array_batches
+from art_generalist.train.validation import madry_attack, robust_accuracy
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -84,6 +88,36 @@ class ARTFitAPI:
                                  epoch=lambda: self.progress.epoch, check=check)
         return self._fit(batches, len(loader), nb_epochs, validation_data, scheduler=scheduler,
                          data=lambda: fingerprint.iterable_data("loader", loader, len(loader)), **options)
+
+    # -- evaluation helpers -------------------------------------------------------------------------
+    def accuracy(self, x: Any, y: Any, model: str = "global", pgd_steps: int = 0,
+                 batch_size: int = 512) -> tuple[float, float]:
+        """(clean, PGD) accuracy of a model (``"global"`` or a base learner's name) on ``(x, y)``.
+
+        PGD: the trainer's threat model and eps, ``pgd_steps`` steps of 2.5·eps/steps, run only on
+        correctly classified points (so PGD <= clean); ``pgd_steps=0`` gives NaN for PGD. This is
+        a quick check, not a full evaluation (see AutoAttack).
+        """
+        models = self._models()
+        if model not in models:
+            raise ValueError(f"Unknown model {model!r}: use one of {sorted(models)}.")
+        u, y_t = self._to_device(x, y)
+        return robust_accuracy(models[model], u, y_t, madry_attack(models[model], self.norm, self.eps, pgd_steps),
+                               batch_size)
+
+    def sparsity_report(self) -> dict:
+        """Density and FLOPs of sparse training (per layer and global; inference and training FLOPs,
+        dense-equivalent and sparse, per epoch and in total; wall-clock seconds). Needs a sparsity
+        plug-in (``sparsity=``); see :func:`art_generalist.sparse.report.sparsity_report`."""
+        found = [p for p in self.plugins if p.name == "sparsity"]
+        if not found:
+            raise ValueError("This trainer has no sparsity plug-in: build it with `sparsity=FlyingBird(...)` "
+                             "(or FlyingBirdPlus, RobustBird from art_generalist.sparse).")
+        return found[0].report(self)
+
+    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Tensor-native predicted labels of the trained model for inputs in input units."""
+        return predict_labels(self.global_space, self.global_space.to_unit(x.to(self.device, torch.float32)))
 
     #: the keywords of the loop (see :meth:`fit`)
     LOOP_OPTIONS = ("restore_best", "checkpoint_dir", "checkpoint_every", "keep_last", "resume", "overwrite",

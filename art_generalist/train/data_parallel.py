@@ -78,15 +78,15 @@ class DataParallel(Plugin):
     def begin_fit(self, trainer: Any, nb_epochs: int, nb_batches: int, batches: Callable,
                   validation: Any) -> None:
         """Every rank continues from rank 0's state (after a resume, if any): every model, optimizer
-        and EMA (``trainer._model_state()``), the plug-ins' state and the RNG states. Models load in
+        and EMA (``trainer.model_state()``), the plug-ins' state and the RNG states. Models load in
         place, so the optimizers keep their parameters."""
         from art_generalist.state.files import collect_rng_states, set_rng_states  # (state imports this module)
 
-        mine = {"models": trainer._model_state(), "plugins": trainer.plugins.state_dict(),
+        mine = {"models": trainer.model_state(), "plugins": trainer.plugins.state_dict(),
                 "rng": collect_rng_states()} if world()[0] == 0 else None
         state = broadcast_state(mine)
         if state is not mine:
-            trainer._load_model_state(state["models"])
+            trainer.load_model_state(state["models"])
             trainer.plugins.load_state_dict(state["plugins"])
             set_rng_states(state["rng"])
 
@@ -110,7 +110,7 @@ class DataParallel(Plugin):
 def check_in_sync(trainer: Any) -> None:
     """Raise ``RuntimeError`` unless every rank holds the same weights, optimizer and plug-in
     state and torch RNG state (a SHA-256 of their bytes, gathered from every rank)."""
-    tensors = _flat_tensors(trainer._model_state()) + _flat_tensors(trainer.plugins.state_dict())
+    tensors = _flat_tensors(trainer.model_state()) + _flat_tensors(trainer.plugins.state_dict())
     digest = _digest(tensors + [torch.get_rng_state()])
     digests: list = [None] * world()[1]
     dist.all_gather_object(digests, digest)
@@ -141,13 +141,13 @@ def attach(trainer: Any, debug_sync: Optional[bool] = None) -> None:
     (called by ``fit``; a no-op otherwise, or when it is already attached)."""
     if not active():
         return
-    models = [trainer.global_space.model] + [lrn.model for lrn in trainer._learners()]
+    models = [trainer.global_space.model] + [lrn.model for lrn in trainer.base_learners()]
     if any(isinstance(m, nn.DataParallel) for m in models):
         raise ValueError("The classifier's model is an nn.DataParallel, which cannot be mixed with data-parallel "
                          "training across processes: pass the plain module (`model.module`).")
     if not any(isinstance(p, DataParallel) for p in trainer.plugins.runtime):
         if getattr(getattr(trainer, "runtime", None), "sync_batchnorm", False):
-            _sync_batchnorm([lrn.model for lrn in trainer._learners()])
+            _sync_batchnorm([lrn.model for lrn in trainer.base_learners()])
         trainer.plugins.attach(DataParallel(debug_sync))
         rank, size = world()
         if rank != 0:  # the other ranks keep warnings and errors only

@@ -39,6 +39,11 @@ Run-time plug-ins (:meth:`PluginList.attach`, e.g. the data-parallel gradient re
 :mod:`art_generalist.train.data_parallel`) are called before the others at every point, but are not part
 of the trainer's settings, checkpoints or exports (a run saved on N ranks resumes on M).
 
+The ``trainer`` a hook receives offers a public view, as Lightning's callbacks get their
+trainer: ``progress``, ``history``, ``global_space``, ``plugins``, ``base_learners()`` (the
+learners that step), ``models()`` (the models by name, in input space), ``model_state()`` and
+``load_model_state(state)``; plug-ins need nothing private.
+
 Subclasses override what they need; every default does nothing.
 """
 from __future__ import annotations

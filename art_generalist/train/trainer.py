@@ -7,6 +7,7 @@ The trained model leaves as an ART ``PyTorchClassifier`` (:meth:`get_classifier`
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import time
 import warnings
@@ -17,7 +18,7 @@ from art.defences.trainer import Trainer
 from tqdm.auto import tqdm
 
 from art_generalist import estimators
-from art_generalist.core.attack import InputSpace, ThreatModel, predict_labels
+from art_generalist.core.attack import InputSpace, ThreatModel
 from art_generalist.core.inputs import check_x, check_y
 from art_generalist.core.options import check_int, describe
 from art_generalist.parallel import draws, ranks
@@ -30,7 +31,7 @@ from art_generalist.train.feed import (
 )
 from art_generalist.train.options import PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin, PluginList
-from art_generalist.train.validation import BestModel, madry_attack, robust_accuracy, score, validate
+from art_generalist.train.validation import BestModel, score, validate
 
 if TYPE_CHECKING:  # pragma: no cover
     from art.estimators.classification import PyTorchClassifier
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
-    """Base class: the user's classifier is copied (never modified); training runs on tensors.
+    """Base class: trains the user's classifier in place (ART's contract; ``copy_classifier=True``
+    trains a copy), on tensors.
 
     **Contract.** A subclass implements three methods; the loop (:meth:`fit`, :meth:`fit_generator`
     and :meth:`fit_loader` share it) calls them as follows:
@@ -57,8 +59,8 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
     epoch), after a resume and before the first epoch (and before the plug-ins' ``begin_fit``);
     :meth:`_models` names the models :meth:`accuracy` can evaluate; :meth:`_learners` lists the
     learners that take optimizer steps; :meth:`settings` extends the dict that checkpoints compare.
-    Plug-ins (:mod:`art_generalist.train.plugins`) attach at the documented points without a subclass
-    knowing.
+    Plug-ins (:mod:`art_generalist.train.plugins`) attach at the documented points, set up when
+    the outermost ``__init__`` returns, and see the trainer's public view only.
 
     :param classifier: an ART ``PyTorchClassifier`` with ``clip_values`` and mean/std
         ``preprocessing`` (or none).
@@ -129,9 +131,40 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
     verbose = property(lambda self: (self.runtime.verbose if self._verbose_call is None else self._verbose_call)
                        and ranks.is_main_process())  # bars on rank 0 only
 
-    def _finish_init(self) -> None:
-        """Subclasses call this at the end of ``__init__``: the plug-ins' ``setup``."""
-        self.plugins.setup(self)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each subclass's ``__init__`` ends with the plug-ins' ``setup``, once, when the outermost returns."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self: "TensorTrainer", *args: Any, **kw: Any) -> None:
+            depth = self.__dict__.get("_init_depth", 0)
+            self._init_depth = depth + 1
+            try:
+                init(self, *args, **kw)
+            finally:
+                self._init_depth = depth
+            if depth == 0:
+                self.plugins.setup(self)
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    # -- the public view plug-ins see (``Plugin`` hooks receive the trainer) -----------------------
+    def base_learners(self) -> list["Learner"]:
+        """The learners that take optimizer steps, in the order they step."""
+        return list(self._learners())
+
+    def models(self) -> dict[str, InputSpace]:
+        """The models :meth:`accuracy` can evaluate, by name (``"global"`` first), in input space."""
+        return dict(self._models())
+
+    def model_state(self) -> dict:
+        """Every tensor a checkpoint holds for the models, optimizers and EMAs."""
+        return self._model_state()
+
+    def load_model_state(self, state: dict) -> None:
+        self._load_model_state(state)  # what model_state returned, weights copied in place
 
     def space(self, model: torch.nn.Module) -> InputSpace:
         """``model`` behind this classifier's input pipeline, fed unit-range inputs."""
@@ -265,33 +298,3 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
             if record.get("val_pgd_acc") is not None:
                 post["val_pgd"] = f"{record['val_pgd_acc']:.3f}"
         return post
-
-    # -- evaluation helpers -------------------------------------------------------------------------
-    def accuracy(self, x: Any, y: Any, model: str = "global", pgd_steps: int = 0,
-                 batch_size: int = 512) -> tuple[float, float]:
-        """(clean, PGD) accuracy of a model (``"global"`` or a base learner's name) on ``(x, y)``.
-
-        PGD: the trainer's threat model and eps, ``pgd_steps`` steps of 2.5·eps/steps, run only on
-        correctly classified points (so PGD <= clean); ``pgd_steps=0`` gives NaN for PGD. This is
-        a quick check, not a full evaluation (see AutoAttack).
-        """
-        models = self._models()
-        if model not in models:
-            raise ValueError(f"Unknown model {model!r}: use one of {sorted(models)}.")
-        u, y_t = self._to_device(x, y)
-        return robust_accuracy(models[model], u, y_t, madry_attack(models[model], self.norm, self.eps, pgd_steps),
-                               batch_size)
-
-    def sparsity_report(self) -> dict:
-        """Density and FLOPs of sparse training (per layer and global; inference and training FLOPs,
-        dense-equivalent and sparse, per epoch and in total; wall-clock seconds). Needs a sparsity
-        plug-in (``sparsity=``); see :func:`art_generalist.sparse.report.sparsity_report`."""
-        found = [p for p in self.plugins if p.name == "sparsity"]
-        if not found:
-            raise ValueError("This trainer has no sparsity plug-in: build it with `sparsity=FlyingBird(...)` "
-                             "(or FlyingBirdPlus, RobustBird from art_generalist.sparse).")
-        return found[0].report(self)
-
-    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Tensor-native predicted labels of the trained model for inputs in input units."""
-        return predict_labels(self.global_space, self.global_space.to_unit(x.to(self.device, torch.float32)))
