@@ -8,9 +8,11 @@ from dataclasses import field
 from typing import Any, Iterator, Optional
 
 
-def option(default: Any, flat: str, doc: str, shown: Optional[str] = None) -> Any:
-    """A dataclass field with its flat keyword name, documentation and displayed default."""
-    meta = {"flat": flat, "doc": doc, "shown": shown}
+def option(default: Any, flat: str, doc: str, shown: Optional[str] = None, in_settings: bool = True) -> Any:
+    """A dataclass field with its flat keyword name, documentation and displayed default;
+    ``in_settings=False`` for an option that cannot change a result (progress bars), which
+    checkpoints then do not compare."""
+    meta = {"flat": flat, "doc": doc, "shown": shown, "in_settings": in_settings}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,8 +87,10 @@ class Options:
         return out
 
     def settings(self) -> dict[str, Any]:
-        """Plain descriptions by flat name, for checkpoints and exports."""
-        return {k: describe(v) for k, v in self.options().items()}
+        """Plain descriptions by flat name of the options that can change a result, for
+        checkpoints and exports."""
+        kept = {f.metadata["flat"] for _, f in self.fields() if f.metadata.get("in_settings", True)}
+        return {k: describe(v) for k, v in self.options().items() if k in kept}
 
     @classmethod
     def rows(cls) -> list[tuple[str, str, str]]:

@@ -48,7 +48,7 @@ from art_generalist.core.schedules import (
 from art_generalist.parallel import draws
 from art_generalist.sparse.plugin import SparsityPlugin
 from art_generalist.train.feed import Batch
-from art_generalist.train.options import PGDBudget, RuntimeOptions
+from art_generalist.train.options import BUDGET, PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin
 from art_generalist.train.trainer import TensorTrainer
 
@@ -303,8 +303,9 @@ class GeneralistTrainer(TensorTrainer):
 
     name = "Generalist"
 
-    def __init__(self, classifier: "PyTorchClassifier", eps: float = 8 / 255, eps_step: float = 2 / 255,
-                 max_iter: int = 10, norm: Union[str, float] = "inf", config: Optional[GeneralistConfig] = None,
+    def __init__(self, classifier: "PyTorchClassifier", eps: float = BUDGET.eps, eps_step: float = BUDGET.eps_step,
+                 max_iter: int = BUDGET.max_iter, norm: Union[str, float] = BUDGET.norm,
+                 config: Optional[GeneralistConfig] = None,
                  plugins: Optional[Sequence[Plugin]] = None, sparsity: Optional[SparsityPlugin] = None,
                  **options: Any) -> None:
         runtime = {k: options.pop(k) for k in RuntimeOptions.flat_names() if k in options}

@@ -39,6 +39,10 @@ class PGDBudget(Options):
         check_eps_range(self.eps, clip_values)
 
 
+#: the budget's defaults, the one place every trainer's signature reads them from
+BUDGET = PGDBudget()
+
+
 def check_eps_range(eps: float, clip_values: tuple[float, float]) -> None:
     """ε must fit the classifier's clip range (``eps=8`` for (0, 1) images is the 0-255 mix-up)."""
     lo, hi = clip_values
@@ -61,10 +65,11 @@ class RuntimeOptions(Options):
     channels_last: Union[bool, str] = option(
         "auto", "channels_last", 'channels_last memory format for the models and their 4-D inputs; `"auto"` turns '
         "it on for image classifiers (same arithmetic, faster convolutions and pooling on CPU)", '`"auto"`')
-    verbose: bool = option(True, "verbose", "tqdm bars per epoch and per batch")
+    verbose: bool = option(True, "verbose", "tqdm bars per epoch and per batch", in_settings=False)
     copy_classifier: bool = option(
         False, "copy_classifier", "train a copy and leave the user's classifier untouched (`get_classifier()` is "
-        "then a new classifier); by default the classifier passed in is trained in place, as ART's trainers do")
+        "then a new classifier); by default the classifier passed in is trained in place, as ART's trainers do",
+        in_settings=False)
     sync_batchnorm: bool = option(
         False, "sync_batchnorm", "under torch.distributed on CUDA: BatchNorm statistics of the training forward "
         "passes over the global batch (torch's SyncBatchNorm) instead of each rank's slice")

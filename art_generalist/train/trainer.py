@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from art_generalist import estimators
 from art_generalist.core.attack import InputSpace, ThreatModel
 from art_generalist.core.inputs import check_x, check_y
-from art_generalist.core.options import check_int, describe
+from art_generalist.core.options import check_int
 from art_generalist.parallel import draws, ranks
 from art_generalist.train import data_parallel
 from art_generalist.train.art_api import ARTFitAPI
@@ -29,7 +29,7 @@ from art_generalist.train.feed import (
     Batch,
     Batches,
 )
-from art_generalist.train.options import PGDBudget, RuntimeOptions
+from art_generalist.train.options import BUDGET, PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin, PluginList
 from art_generalist.train.validation import BestModel, score, validate
 
@@ -75,9 +75,9 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
 
     name = "trainer"
 
-    def __init__(self, classifier: "PyTorchClassifier", eps: float = 8 / 255, eps_step: float = 2 / 255,
-                 max_iter: int = 10, norm: Union[str, float] = "inf", plugins: Optional[Sequence[Plugin]] = None,
-                 sparsity: Optional[Plugin] = None, **runtime: Any) -> None:
+    def __init__(self, classifier: "PyTorchClassifier", eps: float = BUDGET.eps, eps_step: float = BUDGET.eps_step,
+                 max_iter: int = BUDGET.max_iter, norm: Union[str, float] = BUDGET.norm,
+                 plugins: Optional[Sequence[Plugin]] = None, sparsity: Optional[Plugin] = None, **runtime: Any) -> None:
         estimators.check_estimator(classifier)
         plugins = list(plugins) if plugins is not None else []
         if sparsity is not None:
@@ -178,9 +178,8 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
                 "model": f"{type(clf.model).__module__}.{type(clf.model).__qualname__}",
                 "input_shape": list(clf.input_shape), "nb_classes": int(clf.nb_classes),
                 "clip_values": list(self.clip_values), "mean": self.mean.reshape(-1).tolist(),
-                "std": self.std.reshape(-1).tolist(), "eps": float(self.eps), "eps_step": float(self.eps_step),
-                "max_iter": self.max_iter, "norm": self.norm.value, "val_max_iter": self.val_max_iter,
-                "augment": describe(self.augment), "amp": self.amp, "channels_last": self.channels_last,
+                "std": self.std.reshape(-1).tolist(), **self.budget.settings(), **self.runtime.settings(),
+                "norm": self.norm.value, "channels_last": self.channels_last,  # as resolved
                 "plugins": self.plugins.describe()}
 
     # -- what subclasses implement --------------------------------------------------------------
