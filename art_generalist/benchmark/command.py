@@ -6,6 +6,7 @@ that refuse bad values at parse time are :mod:`art_generalist.cli`'s; this modul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -81,13 +82,22 @@ def add_arguments(b: argparse.ArgumentParser, count: Callable[[str], int]) -> No
     b.add_argument("--out", default="results")
 
 
+#: BenchmarkConfig fields that no flag sets (library callers pass them)
+LIBRARY_ONLY = frozenset({"momentum", "weight_decay", "trades_beta"})
+#: fields whose flag parses into another form
+DERIVED = frozenset({"methods", "verbose", "base_learners", "generalist", "sparse_args"})
+
+
 def config(args: argparse.Namespace) -> BenchmarkConfig:
-    """The :class:`BenchmarkConfig` of parsed arguments."""
-    same = ("dataset", "model", "epochs", "eps", "eps_step", "max_iter", "n_train", "n_val", "n_eval", "aa_version",
-            "pgd_steps", "batch_size", "lr", "data_root", "device", "seed", "out", "per_iteration_schedules",
-            "art_lr_chunks", "resume", "paper_metrics", "sparse_init", "sparse_init_scale", "lr_schedule")
+    """The :class:`BenchmarkConfig` of parsed arguments: every field of the same name is taken as
+    parsed (the flags and the config are one list of names, checked by the tests), the derived
+    ones are converted here."""
+    names = {f.name for f in dataclasses.fields(BenchmarkConfig)} - DERIVED - LIBRARY_ONLY
+    missing = sorted(n for n in names if not hasattr(args, n))
+    if missing:
+        raise AttributeError(f"BenchmarkConfig fields without a flag: {missing}")
     methods = FRONT_METHODS if args.fronts else tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    return BenchmarkConfig(**{k: getattr(args, k) for k in same}, methods=methods, verbose=not args.quiet,
+    return BenchmarkConfig(**{k: getattr(args, k) for k in sorted(names)}, methods=methods, verbose=not args.quiet,
                            base_learners=not args.no_base_learners, generalist=args.generalist_args or {},
                            sparse_args=args.sparse_args or {})
 
