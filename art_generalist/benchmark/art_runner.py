@@ -1,7 +1,7 @@
 """ART's ``AdversarialTrainerMadryPGD`` and ``AdversarialTrainerTRADESPyTorch``, given a fair run.
 
 Same model, data, epochs, ε (in the classifier's input units), PGD budget and learning-rate
-schedule as Generalist, with the bugs of ART 1.20 listed in ecosystem.md §2.4 worked around
+schedule as Generalist, with the bugs of ART 1.20 (listed in ``WORKAROUNDS`` below) worked around
 instead of fallen into. Every workaround applied is recorded in the run's ``workarounds``.
 """
 from __future__ import annotations

@@ -50,7 +50,7 @@ class PiecewiseLinear:
         return f"PiecewiseLinear(knots={self.knots}, values={self.values}, absolute={self.absolute})"
 
 
-#: β(e): weight of the robust teacher in the global mix (official knots, methods.md §1.2).
+#: β(e): weight of the robust teacher in the global mix (the official code's knots).
 OFFICIAL_BETA = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, 0.4))
 #: Learning-rate factor: lr, lr, lr/10, lr/100 at 0, E/3, 2E/3, E (official ResNet-18 schedule).
 OFFICIAL_LR = PiecewiseLinear((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 0.1, 0.01))

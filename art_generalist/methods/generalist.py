@@ -67,7 +67,7 @@ class EMAOptions(Options):
         "auto", "ema_decay", 'decay of every EMA (teachers and global learner), counted in iterations; `"auto"`: '
         "budget-relative, the official run's horizon (2.1% of the run) and warm-up end (19%) kept as fractions of "
         "the N iterations of `fit` (d = 1 − 46.9/N; 0.999 at the official 46,920); a float: that decay "
-        "(0.999 is the official code's); measured better than 0.999 at short budgets (BENCHMARKS.md §6)",
+        "(0.999 is the official code's); measurements in BENCHMARKS.md",
         '`"auto"`')
     warmup: bool = option(True, "ema_warmup", "every EMA uses `min(decay, (t+1)/(t+k))`, k = 10 (or budget-relative "
                           'with `"auto"`)')

@@ -109,10 +109,8 @@ class FlyingBird(SparsityPlugin):
         initial masks are drawn, restoring the dense initialisation's activation scale (see
         :meth:`~art_generalist.sparse.masks.Masks.rescale_fan_in_`); ``"auto"`` (default) is
         ``"fan_in"`` for a model without normalisation layers and ``"none"`` otherwise. Without
-        normalisation a sparse start shrinks every layer's output: on SmallCNN at density 0.2 (ERK)
-        Flying Bird sat at chance for 8 epochs of 2,000 Fashion-MNIST images with ``"none"`` and
-        reached 68.6 % clean / 49.4 % PGD-20 with ``"fan_in"`` (BENCHMARKS.md, sparse section).
-        BatchNorm restores the scale by itself, which is why the official ResNets need no rescale.
+        normalisation a sparse start shrinks every layer's output; BatchNorm restores the scale by
+        itself, which is why the official ResNets need no rescale (measurements: BENCHMARKS.md).
     """
 
     method = "Flying Bird"

@@ -1,6 +1,6 @@
 """``TransferTrainer``: fine-tune a (robust) source model for a target task, fixed-feature or full-network.
 
-The paper's protocol (Salman et al., NeurIPS 2020; methods.md §3): a new head, SGD with momentum
+The paper's protocol (Salman et al., NeurIPS 2020): a new head, SGD with momentum
 0.9 and weight decay 5e-4, the lr divided by 10 every third of the budget (150 epochs, steps at
 50 and 100), and an lr grid of {0.01, 0.001}, selected here on a validation split of the training
 data (the paper code selected on the test split). Each grid point runs on the shared engine
