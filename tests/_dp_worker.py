@@ -22,9 +22,7 @@ from art_generalist.core.augment import random_crop_flip  # noqa: E402
 from art_generalist.data import load_dataset  # noqa: E402
 from art_generalist.sparse import FlyingBird  # noqa: E402
 from art_generalist.train.data_parallel import check_in_sync  # noqa: E402
-from tests.conftest import make_classifier, tiny_net  # noqa: E402
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier, tiny_net  # noqa: E402
 
 
 def augment(u: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -70,6 +71,17 @@ def make_classifier(model: nn.Module | None = None, lr: float = 0.05, clip_value
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if optimizer else None
     return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=opt, input_shape=(1, 8, 8),
                              nb_classes=10, clip_values=clip_values, preprocessing=preprocessing)
+
+
+#: The tests' training budget: a 2-step PGD at eps 0.1 and no validation attack. Read-only, as
+#: every test file shares it; build a variant with ``{**FAST, "key": value}``.
+FAST = MappingProxyType(dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0))
+#: ``FAST`` with a 2-step validation attack (the plug-in hooks see validation run).
+FAST_VALIDATED = MappingProxyType({**FAST, "val_max_iter": 2})
+#: ``FAST`` with steps of 0.05, so that 2 steps reach the eps ball's edge.
+FAST_WIDE_STEPS = MappingProxyType({**FAST, "eps_step": 0.05})
+#: ``FAST`` with a 3-step PGD (the learning tests measure robust accuracy).
+FAST_3_STEPS = MappingProxyType({**FAST, "max_iter": 3})
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from art_generalist.benchmark import run as bench
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
 from art_generalist.train.options import RuntimeOptions
-from tests.conftest import make_classifier
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier
 
 
 def test_channels_last_auto_is_on_for_images_only():

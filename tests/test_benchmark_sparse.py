@@ -106,8 +106,8 @@ def test_paper_metrics_of_a_tiny_sparse_benchmark(tmp_path, monkeypatch):
         gaps.append((classifier, args))
         return real_gap(classifier, *args)
     monkeypatch.setattr(sparse_metrics, "generalization_gap", gap)
-    cfg = BenchmarkConfig(epochs=3, n_train=512, n_val=32, n_eval=96, max_iter=2, aa_version="apgd-ce",
-                          pgd_steps=5, lr=0.1, batch_size=64, methods=SPARSE, out=str(tmp_path), verbose=False,
+    cfg = BenchmarkConfig(epochs=3, n_train=256, n_val=32, n_eval=48, max_iter=2, aa_version="apgd-ce",
+                          pgd_steps=3, lr=0.1, batch_size=64, methods=SPARSE, out=str(tmp_path), verbose=False,
                           base_learners=False, paper_metrics=True)
     results = run_benchmark(cfg)
     md = (tmp_path / "results.md").read_text()

@@ -16,9 +16,8 @@ from art_generalist import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.models import get_model
 from art_generalist.state.export import load_exported, read_metadata
 from art_generalist.state.files import UnsafeCheckpointError, safe_load
-from tests.conftest import make_classifier, tiny_net
+from tests.conftest import FAST, make_classifier, tiny_net
 
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
 WORKER = pathlib.Path(__file__).with_name("_resume_worker.py")
 
 

@@ -16,8 +16,8 @@ from art.estimators.classification.hugging_face import HuggingFaceClassifierPyTo
 from torch import nn
 
 from art_generalist import GeneralistTrainer, SingleLearnerTrainer
+from tests.conftest import FAST_WIDE_STEPS as BUDGET
 
-BUDGET = dict(eps=0.1, eps_step=0.05, max_iter=2, verbose=False, val_max_iter=0)
 TRAINERS = [SingleLearnerTrainer, GeneralistTrainer]
 
 

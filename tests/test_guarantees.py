@@ -13,9 +13,8 @@ from torch import nn
 from art_generalist import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.state import files
 from art_generalist.train.checkpoints import list_checkpoints
+from tests.conftest import FAST_WIDE_STEPS as FAST
 from tests.conftest import make_classifier, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.05, max_iter=2, verbose=False, val_max_iter=0)
 
 
 def _single(model=None, lr=0.05, **kw):

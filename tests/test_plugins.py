@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from art_generalist import GeneralistTrainer, Plugin, SingleLearnerTrainer
-from tests.conftest import make_classifier, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier, tiny_net
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from art_generalist import GeneralistTrainer, Plugin, SingleLearnerTrainer
 from art_generalist.core.attack import predict_labels
 from art_generalist.train.validation import madry_attack, validate
+from tests.conftest import FAST_VALIDATED as FAST
 from tests.conftest import make_classifier, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=2)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from torch import nn
 
 from art_generalist import GeneralistTrainer, Plugin, SingleLearnerTrainer
 from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird, SparsityPlugin
-from tests.conftest import make_classifier, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier, tiny_net
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ import torch
 
 from art_generalist import GeneralistTrainer, Plugin, SingleLearnerTrainer
 from art_generalist.sparse import Masks, RobustBird
-from tests.conftest import make_classifier, state_equal, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier, state_equal, tiny_net
 
 
 @pytest.fixture

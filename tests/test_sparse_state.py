@@ -13,9 +13,7 @@ from art_generalist import GeneralistTrainer, SingleLearnerTrainer
 from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird
 from art_generalist.state import load_exported
 from art_generalist.state.files import safe_load
-from tests.conftest import make_classifier, tiny_net
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier, tiny_net
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_fit_from_a_madrylab_checkpoint(madry_checkpoint, data, mode, tmp_path):
     clf = _user_classifier(madry_checkpoint)
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
     trainer = TransferTrainer(clf, mode=mode, validation_split=0.25)
-    histories = trainer.fit(*data, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path)
+    histories = trainer.fit(*data, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path)
     assert set(histories) == {0.01, 0.001} and trainer.best_lr in (0.01, 0.001)
     assert histories[0.01][0]["examples"] == 15  # 5 of the 20 held out for the lr selection
     assert (tmp_path / "lr_0.01").is_dir() and (tmp_path / "lr_0.001").is_dir()
@@ -70,10 +70,31 @@ def test_adversarial_fine_tuning_and_evaluate(madry_checkpoint, data):
     trainer = TransferTrainer(_user_classifier(madry_checkpoint), objective="pgd", lr_grid=(0.01,), eps=2 / 255,
                               eps_step=1 / 255, max_iter=1, val_max_iter=1)
     x, y = data
-    trainer.fit(x[:12], y[:12], validation_data=(x[12:], y[12:]), nb_epochs=1, batch_size=6)
+    perturbations = []  # the largest change the training attack made to each batch, in [0, 1] units
+    make = trainer._make
+
+    def spying(lr):
+        inner = make(lr)
+        attack = inner.learner.attack
+
+        def recorded(u, t):
+            x_adv = attack(u, t)
+            perturbations.append(float((x_adv - u).abs().max()))
+            return x_adv
+        inner.learner.attack = recorded
+        return inner
+    trainer._make = spying
+    histories = trainer.fit(x[:12], y[:12], validation_data=(x[12:], y[12:]), nb_epochs=1, batch_size=6)
+    # each of the 2 steps trained on PGD examples inside the 2/255 ball (random data: no accuracy to beat)
+    assert [r["steps"] for r in histories[0.01]] == [2] and len(perturbations) == 2
+    assert all(0.5 / 255 < p <= 2 / 255 + 1e-6 for p in perturbations), perturbations
+    before, after = trainer.model.state_dict(), trainer.get_classifier().model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == ["fc.weight", "fc.bias"]  # the head alone
     report = evaluate(trainer.get_classifier(), x[12:], y[12:], eps=2 / 255, attacks=("pgd",), pgd_steps=2,
                       checks=None)
-    assert 0.0 <= report.robust_acc <= report.clean_acc <= 1.0
+    # the fine-tuned classifier was evaluated, on the 8 points asked, attacking its correct ones only
+    assert report.n == 8 and report.attacks["pgd"]["n_attacked"] == sum(report.per_example["clean"])
+    assert report.clean_acc == np.mean(trainer.predict(x[12:]).argmax(1) == y[12:])
 
 
 def test_step_schedule():
@@ -113,11 +134,11 @@ def test_an_interrupted_grid_resumes_to_the_uninterrupted_weights(madry_checkpoi
         torch.manual_seed(0)  # the new head's initial weights
         trainer = TransferTrainer(_user_classifier(madry_checkpoint), mode="full", seed=7, validation_split=0.25)
         state = torch.get_rng_state()
-        trainer.fit(*data, nb_epochs=3, batch_size=8, checkpoint_dir=checkpoint_dir, **fit)
+        trainer.fit(*data, nb_epochs=2, batch_size=8, checkpoint_dir=checkpoint_dir, **fit)
         assert torch.equal(torch.get_rng_state(), state)
         return trainer
 
-    full = run(tmp_path / "full")
+    full = run(None)  # uninterrupted, without checkpoints
     run(tmp_path / "cut", stop_after=1)
     resumed = run(tmp_path / "cut", resume=True)
     assert resumed.best_lr == full.best_lr and resumed.val_scores == full.val_scores

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from art_generalist import GeneralistTrainer, LearnerSpec
-from tests.conftest import make_classifier
-
-FAST = dict(eps=0.1, eps_step=0.025, max_iter=2, verbose=False, val_max_iter=0)
+from tests.conftest import FAST, make_classifier
 
 
 @pytest.fixture(scope="module")
