@@ -127,8 +127,10 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
                  if cfg.base_learners else {})
     elif entry.art is None:
         objective = OBJECTIVES[entry.objective](beta) if entry.knob == registry.TRADES_BETA else entry.objective
+        averaging = ({k: cfg.generalist[k] for k in ("ema_decay", "ema_warmup") if k in cfg.generalist}
+                     if entry.averaged else {})  # the same averaging as Generalist's global learner
         trainer = entry.build(clf, budget, objective=objective, verbose=cfg.verbose, **per_iteration,
-                              **sparse_options)
+                              **sparse_options, **averaging)
         history = trainer.fit(*split["train"], **fit)
     else:
         trainer = ARTTrainerRun(clf, entry.art, trades_beta=beta,

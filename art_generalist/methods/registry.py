@@ -41,6 +41,8 @@ class Method:
     sparsity: Optional[type] = None
     train: bool = False
     benchmark: bool = True
+    #: weight averaging of the shipped model: the benchmark gives it Generalist's EMA settings
+    averaged: bool = False
 
     @property
     def is_generalist(self) -> bool:
@@ -56,6 +58,8 @@ class Method:
                              f"(art_generalist.benchmark.art_runner.ARTTrainerRun) runs it.")
         if self.objective is not None:
             options.setdefault("objective", self.objective)
+        if self.averaged:
+            options.setdefault("ema_decay", "auto")
         return self.trainer(classifier, **budget, **options)
 
 
@@ -64,7 +68,8 @@ _METHODS: dict[str, Method] = {}
 
 def register_method(name: str, description: str, *, trainer: Optional[Callable[..., Any]] = None,
                     objective: Optional[str] = None, art: Optional[str] = None, knob: Optional[str] = None,
-                    sparsity: Optional[type] = None, train: bool = False, benchmark: bool = True) -> Method:
+                    sparsity: Optional[type] = None, train: bool = False, benchmark: bool = True,
+                    averaged: bool = False) -> Method:
     """Register a method and return its entry.
 
     :param name: the name of ``--method`` / ``--methods`` (no ``@``, ``:`` or ``,``).
@@ -101,7 +106,8 @@ def register_method(name: str, description: str, *, trainer: Optional[Callable[.
         raise ValueError(f"Method {name!r}: a sparse method (and only one) has the {DENSITY!r} knob.")
     if not (train or benchmark):
         raise ValueError(f"Method {name!r} is offered nowhere: set `train` or `benchmark`.")
-    entry = Method(name, description, trainer, objective, art, knob, sparsity, bool(train), bool(benchmark))
+    entry = Method(name, description, trainer, objective, art, knob, sparsity, bool(train), bool(benchmark),
+                   bool(averaged))
     _METHODS[name] = entry
     return entry
 
@@ -152,6 +158,10 @@ register_method("pgd_at", "Madry PGD adversarial training of one model", trainer
                 objective="pgd", train=True)
 register_method("trades", "TRADES (Zhang et al., 2019) with its KL inner attack", trainer=SingleLearnerTrainer,
                 objective="trades", knob=TRADES_BETA, train=True)
+register_method("pgd_ema", "PGD-AT shipping an EMA of its weights (Generalist's averaging, the fair control)",
+                trainer=SingleLearnerTrainer, objective="pgd", train=True, averaged=True)
+register_method("trades_ema", "TRADES shipping an EMA of its weights (Generalist's averaging)",
+                trainer=SingleLearnerTrainer, objective="trades", knob=TRADES_BETA, train=True, averaged=True)
 register_method("mart", "MART (Wang et al., ICLR 2020) with CE-PGD examples", trainer=SingleLearnerTrainer,
                 objective="mart", train=True, benchmark=False)
 register_method("robust_bird", "PGD-AT with Robust Bird: an early-bird mask search, then a fixed mask "
