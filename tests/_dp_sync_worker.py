@@ -52,6 +52,18 @@ def seeded_apart() -> dict:
     return {"initial": initial, "models": trainer.state_dict()["models"], "error": error}
 
 
+def single_ema() -> dict:
+    """PGD-AT shipping an EMA of its weights, each rank seeded apart, 2 epochs (no BatchNorm: each rank
+    normalises its own slice, so only a model without it equals one process exactly)."""
+    from art_generalist import SingleLearnerTrainer
+
+    data, rank = load_dataset("digits"), _rank()
+    torch.manual_seed(200 + rank)
+    trainer = SingleLearnerTrainer(make_classifier(tiny_net(rank)), ema_decay=0.8, **FAST)
+    trainer.fit(data.x_train[:64], data.y_train[:64], nb_epochs=2, batch_size=32)
+    return {"models": trainer.state_dict()["models"], "updates": trainer.average.num_updates}
+
+
 def robust_bird(threshold: float = 0.08) -> dict:
     """Robust Bird (a 3-epoch dense search at most, window 2) then one adversarial epoch."""
     data = load_dataset("digits")
@@ -114,6 +126,7 @@ def main() -> None:
                             timeout=timedelta(seconds=60))
     scenarios = {
         "seeded_apart": seeded_apart,
+        "single_ema": single_ema,
         "robust_bird": robust_bird,
         "robust_bird_stop": robust_bird_stop,
     }

@@ -248,6 +248,17 @@ def test_ranks_seeded_apart_train_rank_zeros_model_from_its_initial_state(synced
     assert _max_diff(single["models"], r0["models"]) < 1e-5
 
 
+def test_two_ranks_agree_on_the_weight_averaged_single_learner(synced):
+    """The averaged model, the learner it averages and the optimizer agree bit for bit across the
+    ranks (started apart), and equal one process on the global batches."""
+    from tests._dp_sync_worker import single_ema
+
+    r0, r1 = synced("single_ema")
+    _assert_identical(r0["models"], r1["models"])
+    assert r0["updates"] == r1["updates"] == 4
+    assert _max_diff(single_ema()["models"], r0["models"]) < 1e-5
+
+
 def _stage1(result: dict) -> dict:
     return next(v for v in result["plugins"].values() if isinstance(v, dict) and "stage1" in v)
 
