@@ -13,7 +13,7 @@ from art_generalist.benchmark import run as bench
 from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.benchmark.run import BenchmarkConfig, format_table, run_benchmark
 from art_generalist.train.options import RuntimeOptions
-from tests.conftest import FAST, make_classifier
+from tests.conftest import FAST, make_classifier, tiny_net
 
 
 def test_channels_last_auto_is_on_for_images_only():
@@ -301,3 +301,29 @@ def test_resume_of_a_finished_run_restores_missing_summaries_without_training(tm
 def test_benchmark_config_refuses_bad_numbers(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
         BenchmarkConfig(**{field: value})
+
+
+def test_arts_awp_trainer_runs_as_the_other_art_baselines(digits, tmp_path, monkeypatch):
+    """ART's AWP (PGD mode): its weight perturbation runs at every batch from the first epoch (our
+    per-epoch fit calls would otherwise never leave ART's warm-up), the model trains, and resume
+    compares its gamma."""
+    from art.defences.trainer import AdversarialTrainerAWPPyTorch
+
+    calls = []
+    real = AdversarialTrainerAWPPyTorch._weight_perturbation
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(AdversarialTrainerAWPPyTorch, "_weight_perturbation", counted)
+    clf = make_classifier(tiny_net(0))
+    before = [p.detach().clone() for p in clf.model.parameters()]
+    run = ARTTrainerRun(clf, "awp", eps=0.1, eps_step=0.05, max_iter=1, val_max_iter=0)
+    history = run.fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=2, batch_size=32,
+                      checkpoint_dir=tmp_path, stop_after=1)
+    assert len(history) == 1 and len(calls) == 2 and "awp_setup" in run.workarounds
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.classifier.model.parameters()))
+    with pytest.raises(ValueError, match="awp_gamma: stored 0.01 vs now 0.02"):
+        ARTTrainerRun(make_classifier(tiny_net(0)), "awp", eps=0.1, eps_step=0.05, max_iter=1, val_max_iter=0,
+                      awp_gamma=0.02).fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=2, batch_size=32,
+                                          checkpoint_dir=tmp_path, resume=True)

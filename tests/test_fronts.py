@@ -74,7 +74,7 @@ def test_fronts_flag_of_the_cli():
     from art_generalist.cli import parser
 
     args = parser().parse_args(["benchmark", "--fronts"])
-    assert args.fronts and len(fronts.FRONT_METHODS) == 12  # with the weight-averaged controls
+    assert args.fronts and len(fronts.FRONT_METHODS) == 13  # with the weight-averaged controls and AWP
     assert all(fronts.split_method(m, METHODS) for m in fronts.FRONT_METHODS)
 
 

@@ -146,14 +146,15 @@ def test_cli_benchmark_knobs_and_plugins_read_the_registry():
     assert _train_method_choices() == list(registry.method_names(train=True)) == \
         ["generalist", "pgd_at", "trades", "pgd_ema", "trades_ema", "mart"]
     assert METHODS == registry.method_names(benchmark=True) == (
-        "generalist", "art_madry", "art_trades", "pgd_at", "trades", "pgd_ema", "trades_ema", "robust_bird",
+        "generalist", "art_madry", "art_trades", "art_awp", "pgd_at", "trades", "pgd_ema", "trades_ema", "robust_bird",
         "flying_bird", "flying_bird_plus", "generalist+flying_bird")
     assert fronts.KNOBS == {m.name: m.knob for m in registry.methods() if m.benchmark and m.knob} == {
         "generalist": "final β", "art_trades": "TRADES β", "trades": "TRADES β", "trades_ema": "TRADES β",
         "robust_bird": "density",
         "flying_bird": "density", "flying_bird_plus": "density", "generalist+flying_bird": "density"}
     assert sparse_metrics.FAMILIES == tuple(m.name for m in registry.methods() if m.sparsity is not None)
-    assert {m.name: m.art for m in registry.methods() if m.art} == {"art_madry": "madry", "art_trades": "trades"}
+    assert {m.name: m.art for m in registry.methods() if m.art} == {"art_madry": "madry", "art_trades": "trades",
+                                                                    "art_awp": "awp"}
 
 
 def test_readme_method_table_is_the_generated_one():

@@ -51,6 +51,10 @@ WORKAROUNDS = {
                   "middle iteration (Generalist evaluates it after every iteration).",
     "no_sequential": "ART's TRADES crashes on nn.Sequential models (it reads the first layer's output): "
                      "the benchmark models are not nn.Sequential.",
+    "awp_setup": "ART's AWP trainer needs a proxy classifier and counts its warm-up in the epochs of one fit "
+                 "call: the proxy is a copy of the model with SGD at lr 0.01 (the AWP authors' code), mode PGD, "
+                 "gamma 0.01 (their AT-AWP default) and no warm-up (theirs for AT-AWP), so per-epoch fit calls "
+                 "perturb from the first epoch as one long call would.",
 }
 
 
@@ -71,12 +75,17 @@ class ARTTrainerRun:
     def __init__(self, classifier: "PyTorchClassifier", method: str, eps: float, eps_step: float, max_iter: int,
                  trades_beta: float = 6.0, lr_schedule: Schedule = OFFICIAL_LR, val_max_iter: int = 20,
                  verbose: bool = False, lr_updates_per_epoch: int = 1, seed: int = 0,
-                 norm: Union[str, float] = "inf", track_best: Optional[TrackBest] = None) -> None:
+                 norm: Union[str, float] = "inf", track_best: Optional[TrackBest] = None,
+                 awp_gamma: float = 0.01) -> None:
         from art.attacks.evasion import ProjectedGradientDescent
-        from art.defences.trainer import AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch
+        from art.defences.trainer import (
+            AdversarialTrainerAWPPyTorch,
+            AdversarialTrainerMadryPGD,
+            AdversarialTrainerTRADESPyTorch,
+        )
 
-        if method not in ("madry", "trades"):
-            raise ValueError(f"`method` must be 'madry' or 'trades', got {method!r}.")
+        if method not in ("madry", "trades", "awp"):
+            raise ValueError(f"`method` must be 'madry', 'trades' or 'awp', got {method!r}.")
         model = estimators.copy_model(classifier.model)
         self.classifier = estimators.make_classifier(classifier, model,
                                                      estimators.clone_optimizer(classifier.optimizer, model))
@@ -95,11 +104,21 @@ class ARTTrainerRun:
         self.lr_schedule, self.val_max_iter, self.verbose = lr_schedule, val_max_iter, verbose
         self.lr_updates_per_epoch, self._rng = lr_updates_per_epoch, np.random.default_rng(seed)
         self.seed, self.trades_beta = seed, trades_beta if method == "trades" else None
+        self.awp_gamma = float(awp_gamma) if method == "awp" else None
         self.base_lrs = [g["lr"] for g in self.classifier.optimizer.param_groups]
         if method == "madry":
             self.trainer = AdversarialTrainerMadryPGD(self.classifier, nb_epochs=1, eps=eps, eps_step=eps_step,
                                                       max_iter=max_iter, num_random_init=1)
             self.workarounds = ["epochwise_lr", "own_validation", "input_units"]
+        elif method == "awp":
+            attack = ProjectedGradientDescent(self.classifier, norm=art_norm, eps=eps, eps_step=eps_step,
+                                              max_iter=max_iter, num_random_init=1, verbose=False)
+            proxy_model = estimators.copy_model(model)
+            proxy = estimators.make_classifier(self.classifier, proxy_model,
+                                               torch.optim.SGD(proxy_model.parameters(), lr=0.01))
+            self.trainer = AdversarialTrainerAWPPyTorch(self.classifier, proxy, attack, mode="PGD",
+                                                        gamma=self.awp_gamma, beta=trades_beta, warmup=0)
+            self.workarounds = ["epochwise_lr", "own_validation", "awp_setup"]
         else:
             attack = ProjectedGradientDescent(self.classifier, norm=art_norm, eps=eps, eps_step=eps_step,
                                               max_iter=max_iter, num_random_init=1, verbose=False)
@@ -167,6 +186,7 @@ class ARTTrainerRun:
         schedule = self.lr_schedule
         return {"method": self.method, "nb_epochs": nb_epochs, "eps": self.eps, "eps_step": self.eps_step,
                 "max_iter": self.max_iter, "norm": self.norm.value, "trades_beta": self.trades_beta,
+                **({"awp_gamma": self.awp_gamma} if self.awp_gamma is not None else {}),
                 "batch_size": batch_size, "examples": len(x), "data": _fingerprint(x, y),
                 "validation": None if validation_data is None else _fingerprint(*validation_data),
                 "val_max_iter": self.val_max_iter, "lr_updates_per_epoch": self.lr_updates_per_epoch,

@@ -20,7 +20,7 @@ KNOBS = {m.name: m.knob for m in registry.methods() if m.benchmark and m.knob is
 #: The sweep of ``art-generalist benchmark --fronts``.
 FRONT_METHODS = ("generalist@1.0", "generalist@0.7", "generalist@0.4", "generalist@0.2",
                  "art_trades@1", "art_trades@3", "art_trades@6", "art_madry",
-                 "trades_ema@1", "trades_ema@3", "trades_ema@6", "pgd_ema")
+                 "trades_ema@1", "trades_ema@3", "trades_ema@6", "pgd_ema", "art_awp")
 
 
 def split_method(method: str, families: tuple[str, ...]) -> tuple[str, Optional[float]]:

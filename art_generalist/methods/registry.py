@@ -154,6 +154,8 @@ register_method("art_madry", "ART's `AdversarialTrainerMadryPGD`, given a fair r
                 art="madry", objective="pgd")
 register_method("art_trades", "ART's `AdversarialTrainerTRADESPyTorch`, given a fair run (its inner attack is "
                 "ART's CE-PGD, not the paper's KL attack)", art="trades", objective="trades", knob=TRADES_BETA)
+register_method("art_awp", "ART's `AdversarialTrainerAWPPyTorch` (adversarial weight perturbation, PGD mode), "
+                "given a fair run", art="awp", objective="pgd")
 register_method("pgd_at", "Madry PGD adversarial training of one model", trainer=SingleLearnerTrainer,
                 objective="pgd", train=True)
 register_method("trades", "TRADES (Zhang et al., 2019) with its KL inner attack", trainer=SingleLearnerTrainer,
