@@ -65,6 +65,7 @@ def _run(args, **kw):
                           text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow  # the new-process resume is also held by the SIGKILL test below, keep_last by test_guarantees
 def test_resume_in_a_new_process_is_bit_identical(tmp_path):
     _run([tmp_path / "full", tmp_path / "full.pt"])
     _run([tmp_path / "half", tmp_path / "first_half.pt", "--stop-after", "2"])

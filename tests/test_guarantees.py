@@ -209,3 +209,11 @@ def test_every_promise_in_the_readme_names_tests_that_exist():
     missing = [f"{f}::{t}" for f, t in named
                if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(encoding="utf-8"), re.M)]
     assert not missing
+
+
+def test_keep_last_keeps_the_newest_checkpoints_each_with_its_hash(digits, tmp_path):
+    _single().fit(digits.x_train[:32], digits.y_train[:32], batch_size=32, nb_epochs=4, checkpoint_dir=tmp_path,
+                  keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-epoch00003.pt", "checkpoint-epoch00003.pt.sha256",
+        "checkpoint-epoch00004.pt", "checkpoint-epoch00004.pt.sha256"]
