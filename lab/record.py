@@ -8,7 +8,7 @@
 ``__version__``. An editable install keeps the version of the ``pip install -e`` that made it, so
 the two can disagree (results written before ``record`` existed say 0.1.0 for that reason): then
 the source's version is recorded and ``package_version_note`` says what the metadata says.
-``git_commit`` is ``git rev-parse HEAD`` of the checkout holding ``lab/``, with ``-dirty`` when
+``git_commit`` is ``git rev-parse HEAD`` of the checkout the package runs from, with ``-dirty`` when
 tracked files differ from it (untracked files, such as a run's own outputs, do not count), and
 ``None`` outside a git checkout or without git.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,22 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "art-generalist"
 
 
-def _git(*args: str) -> Optional[str]:
-    try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), "--no-optional-locks", *args], capture_output=True,
-                              text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
 def git_commit() -> Optional[str]:
-    """``HEAD`` of the checkout, ``-dirty`` appended when tracked files have uncommitted changes."""
-    head = _git("rev-parse", "--verify", "HEAD")
-    if not head:
-        return None
-    changes = _git("status", "--porcelain", "--untracked-files=no")
-    return head + ("-dirty" if changes is None or changes else "")
+    """``HEAD`` of the checkout, ``-dirty`` appended when tracked files have uncommitted changes
+    (the package's own :func:`art_generalist._version.source_commit`)."""
+    from art_generalist._version import source_commit
+
+    return source_commit()
 
 
 def package_version() -> dict[str, Any]:

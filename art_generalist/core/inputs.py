@@ -69,9 +69,9 @@ def check_y(y: Any, n: int, nb_classes: int, name: str = "y") -> torch.Tensor:
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, input_shape: Sequence[int], clip_values: tuple[float, float],
                 nb_classes: int, name: str = "the loader's batch") -> None:
-    """:func:`check_x` and :func:`check_y` for one batch of device tensors, at the cost of one
-    host synchronisation: the checks run on the device and only a failing batch is examined on
-    the host for the message."""
+    """:func:`check_x` and :func:`check_y` for one batch, run where the batch lies (a loader's CPU
+    batch costs no device synchronisation) with one read of the combined result; only a failing
+    batch is examined again for the message."""
     one_hot_width = y.shape[1] if y.dim() == 2 and y.shape[1] != 1 else nb_classes
     if tuple(x.shape[1:]) != tuple(input_shape) or len(x) != len(y) or len(x) == 0 or one_hot_width != nb_classes:
         check_x(x, input_shape, clip_values, f"x of {name}")

@@ -81,10 +81,10 @@ def loader_batches(loader: Iterable, space: "InputSpace", device: torch.device, 
             sampler.set_epoch(epoch())
         try:
             for xb, yb in loader:
+                if check is not None:  # fit's checks, where the loader made the batch (no device sync for CPU batches)
+                    check(xb, yb)
                 xb = xb.to(device, torch.float32, non_blocking=True)
                 yb = yb.to(device, non_blocking=True)
-                if check is not None:  # fit's checks of arrays, per batch (one host sync)
-                    check(xb, yb)
                 if yb.dim() == 2 and yb.shape[1] == nb_classes:
                     yb = yb.argmax(1)
                 local_batch(len(xb))
