@@ -36,7 +36,7 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     atomic_write_text(hash_path(path), f"{hashlib.sha256(data).hexdigest()} {len(data)}\n")
     return path
 
@@ -47,9 +47,10 @@ def hash_path(path: PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` through a temporary file in the same folder, fsync, then rename over
     ``path``: a kill or a full disk mid-write leaves the old file whole, never half of it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -68,8 +69,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
-    """``text`` (UTF-8) written atomically (see :func:`_atomic_write_bytes`)."""
-    return _atomic_write_bytes(Path(path), text.encode("utf-8"))
+    """``text`` (UTF-8) written atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_write_json(path: PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
@@ -194,7 +195,7 @@ def save_safetensors(state_dict: dict, metadata: dict, path: PathLike) -> tuple[
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     text = json.dumps(metadata, indent=2, sort_keys=True, default=_jsonable)
-    _atomic_write_bytes(path, save(tensors, metadata={"art_generalist": text}))
+    atomic_write_bytes(path, save(tensors, metadata={"art_generalist": text}))
     meta_path = path.with_suffix(".json")
     atomic_write_text(meta_path, text + "\n")
     return path, meta_path

@@ -57,7 +57,7 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
-    records = []
+    records, torn = [], False
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -68,9 +68,8 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise ValueError(f"{path}, line {i}, is not valid JSON ({err}); the log was edited or damaged. "
                                  f"Remove that line (its run is redone) or move the file aside.") from None
             logger.warning("%s: its last line is cut short (an interrupted write); dropped, that run is redone", path)
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-            return records
-    if text and not text.endswith("\n"):  # whole, but the newline was not written: the next append needs it
+            torn = True
+    if torn or (text and not text.endswith("\n")):  # the next append must start on a line of its own
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 

@@ -32,7 +32,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from art_generalist.state.files import PathLike, UnsafeCheckpointError, safe_load
+from art_generalist.state.files import PathLike, UnsafeCheckpointError, atomic_write_bytes, safe_load
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def read_unsafe(path: PathLike, sha256: str, converted_path: Optional[PathLike] 
     """The weights of a trusted file that needs full unpickling, from its verified safetensors copy, else
     unpickled from the very bytes whose SHA-256 was checked (read once: a file swapped after the check is
     never unpickled), then written once as that copy (bound to the file's SHA-256 and size)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     sha256, path = check_sha256(sha256), Path(path)
     target = converted_path_for(path, converted_path)
@@ -275,10 +275,7 @@ def read_unsafe(path: PathLike, sha256: str, converted_path: Optional[PathLike] 
             f"`dill` or referring to classes of a training script ('__main__') need that code importable.") from err
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in extract_tensors(obj, str(path)).items()}
     meta = {"sha256": sha256, "size": len(data), "converted_from": path.name, "tensors_sha256": tensors_sha256(tensors)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    save_file(tensors, str(tmp), metadata={CONVERTED_KEY: json.dumps(meta)})
-    os.replace(tmp, target)
+    atomic_write_bytes(target, save(tensors, metadata={CONVERTED_KEY: json.dumps(meta)}))
     logger.info("wrote the weights of %s as safetensors to %s", path, target)
     return RawCheckpoint(tensors, meta, converted=True)
 
