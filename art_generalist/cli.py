@@ -24,7 +24,7 @@ from art_generalist.methods import registry
 from art_generalist.models import default_model
 from art_generalist.parallel import ranks
 from art_generalist.state.files import atomic_write_json, remove_stale_temporaries
-from art_generalist.train.checkpoints import OtherRunError
+from art_generalist.state.fingerprint import OtherRunError
 from art_generalist.transfer.experiment import MODES
 
 

@@ -247,3 +247,13 @@ def test_train_into_another_runs_folder_is_refused_unless_resume_or_overwrite(tm
     assert "belongs to another run" in capsys.readouterr().err
     assert main(args + ["--lr", "0.01", "--overwrite"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-epoch00001.pt").read_bytes() != first
+
+
+def test_benchmark_resume_with_other_settings_is_one_line_not_a_traceback(tmp_path, capsys):
+    args = ["benchmark", "--epochs", "1", "--n-train", "96", "--n-val", "32", "--n-eval", "16", "--max-iter", "1",
+            "--aa-version", "apgd-ce", "--pgd-steps", "2", "--batch-size", "32", "--methods", "pgd_at",
+            "--out", str(tmp_path / "b"), "--quiet", "--threads", "1", "--no-base-learners"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--resume", "--eps", "0.3"]) == 2
+    assert "written with other settings (eps: stored" in capsys.readouterr().err

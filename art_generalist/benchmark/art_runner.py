@@ -27,6 +27,7 @@ from art_generalist.state.files import (
     safe_load,
     set_rng_states,
 )
+from art_generalist.state.fingerprint import OtherRunError
 from art_generalist.train.validation import TrackBest, validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,7 +144,7 @@ class ARTTrainerRun:
         path = Path(checkpoint_dir) / "art-checkpoint.pt" if checkpoint_dir is not None else None
         if path is not None and ranks.is_main_process():
             remove_stale_temporaries(path.parent)  # what a write killed mid-way left
-        settings = self.settings(nb_epochs, batch_size, x, y, validation_data)
+        settings = self.settings(nb_epochs, batch_size, x, y, validation_data) if path is not None else None
         first = self._resume(path, settings) if resume and path is not None and path.is_file() else 1
         val = None
         if validation_data is not None:
@@ -201,7 +202,7 @@ class ARTTrainerRun:
         differ = [k for k in settings if k in stored and stored[k] != settings[k]]
         if differ:
             detail = "; ".join(f"{k}: stored {stored[k]!r} vs now {settings[k]!r}" for k in differ)
-            raise ValueError(f"{path} was written by an ART {stored['method']} run with other settings ({detail}); "
+            raise OtherRunError(f"{path} was written by an ART {stored['method']} run with other settings ({detail}); "
                              f"resume with the same settings or start afresh in another folder.")
         if "settings" not in state:
             logger.warning("%s records only the method and the epoch budget; the other settings are not checked",

@@ -34,6 +34,7 @@ from art_generalist.methods import registry
 from art_generalist.models import default_model, get_model
 from art_generalist.parallel import ranks
 from art_generalist.state.files import read_json, remove_stale_temporaries
+from art_generalist.state.fingerprint import OtherRunError
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def _earlier(out: Path, cfg: BenchmarkConfig) -> Optional[dict]:
     differ = sorted(k for k in set(mine) | set(theirs) if k not in RUNTIME_FIELDS and mine.get(k) != theirs.get(k))
     if differ:
         detail = "; ".join(f"{k}: stored {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
-        raise ValueError(f"{path} was written with other settings ({detail}); resume with the same settings or "
+        raise OtherRunError(f"{path} was written with other settings ({detail}); resume with the same settings or "
                          f"another --out.")
     return earlier
 

@@ -16,6 +16,11 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+
+class OtherRunError(ValueError):
+    """A resume found the files of another run (settings, model, optimizer or data differ)."""
+
+
 #: optimizer group keys that change speed, never results
 _SPEED_ONLY = {"params", "foreach", "fused", "capturable", "differentiable", "initial_lr", "lr"}
 

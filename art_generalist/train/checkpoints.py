@@ -37,10 +37,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_GLOB = "checkpoint-epoch*.pt"
 
 
-class OtherRunError(ValueError):
-    """A resume found the checkpoint of another run (settings, model, optimizer or data differ)."""
-
-
 def checkpoint_name(epoch: int) -> str:
     return f"checkpoint-epoch{epoch:05d}.pt"
 
@@ -201,9 +197,10 @@ class TrainerState:
         if fit_args != nb_epochs:
             differ.append(f"nb_epochs: checkpoint {fit_args}, now {nb_epochs}")
         if differ:
-            raise OtherRunError(f"The checkpoint {path} belongs to another run; resume with the same settings, model, "
-                             f"optimizer and data, or start afresh in another checkpoint_dir. What differs: "
-                             + "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else ""))
+            raise fingerprint.OtherRunError(
+                f"The checkpoint {path} belongs to another run; resume with the same settings, model, optimizer and "
+                f"data, or start afresh in another checkpoint_dir. What differs: "
+                + "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else ""))
         self.load_state_dict(state)
         self._run_fingerprint = stored or self._run_fingerprint  # the run continues under its own record
         logger.info("resumed from checkpoint %s (epoch %s)", path, self.progress.epoch)
