@@ -153,3 +153,21 @@ def test_bad_plugins_are_refused():
 
     with pytest.raises(ValueError, match="no trainable parameter"):
         SingleLearnerTrainer(make_classifier(), plugins=[FreezeAll()], **FAST)
+
+
+@pytest.mark.parametrize("cls", [GeneralistTrainer, SingleLearnerTrainer])
+@pytest.mark.parametrize("copy_classifier", [False, True])
+def test_a_scheduler_of_the_users_optimizer_drives_a_trainer_whose_plugin_froze_parameters(small, cls,
+                                                                                           copy_classifier):
+    """The plug-in's freezing swaps the trained classifier's optimizer for a clone on the trainable
+    parameters; ``fit(scheduler=)`` is still built on the optimizer the user passed, and drives it."""
+    user = make_classifier(tiny_net(0))
+    users_optimizer = user.optimizer
+    sched = torch.optim.lr_scheduler.StepLR(users_optimizer, step_size=1, gamma=0.5)
+    trainer = cls(user, plugins=[FreezeAllButHead()], copy_classifier=copy_classifier, **FAST)
+    history = trainer.fit(*small, nb_epochs=2, batch_size=64, scheduler=sched)
+    lr0 = users_optimizer.defaults["lr"]
+    driven = [v["lr"] for record in history for k, v in record["learners"].items() if cls is SingleLearnerTrainer
+              or k == "robust"]
+    assert driven == [pytest.approx(lr0), pytest.approx(lr0 / 2)]
+    assert users_optimizer.param_groups[0]["lr"] == pytest.approx(lr0 / 4)

@@ -98,6 +98,7 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
         self.channels_last = self.runtime.use_channels_last(classifier.input_shape, classifier.channels_first)
         self.plugins = PluginList(plugins)
         self.device = classifier.device
+        self._user_optimizer = classifier.optimizer  # what fit(scheduler=) must drive, read before any clone below
         # ART's contract: the classifier passed in is the one trained (copy_classifier=True: a copy)
         model = estimators.copy_model(classifier.model) if self.runtime.copy_classifier else classifier.model
         if self.channels_last:
@@ -111,7 +112,6 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
             if classifier.optimizer is not None and len(params) < len(list(model.parameters())):  # plug-ins froze some
                 trained._optimizer = estimators.clone_optimizer(classifier.optimizer, model, params)
         super().__init__(trained)
-        self._user_optimizer = classifier.optimizer
         self.global_space = self.space(model)
         estimators.check_same_function(trained, self.global_space)
         self.history: list[dict] = []
