@@ -73,7 +73,7 @@ class SingleLearnerTrainer(TensorTrainer):
                                  loss=self.objective.attack_loss, draws=draws.sharded)
                   if self.objective.attack_loss is not None else None)
         self.learner = Learner(LearnerSpec(self.objective.name, self.objective), clf, space,
-                               self.objective, attack, None,
+                               self.objective, attack, self.average,
                                None if lr_schedule is None else resolve_schedule(lr_schedule, "lr_schedule",
                                                                                  OFFICIAL_LR), self.plugins)
         self.learner.from_classifier_optimizer = True
@@ -128,9 +128,7 @@ class SingleLearnerTrainer(TensorTrainer):
             if self.per_iteration_schedules:  # same fractional epoch as Generalist's engine
                 self.learner.set_lr(self.learner.scheduled_lr(fractional_epoch(epoch, stats.steps, nb_batches),
                                                               nb_epochs))
-            stats.add(0, *self.learner.step(u, y), len(y))
-            if self.average is not None:
-                self.average.update(self.learner.model)
+            stats.add(0, *self.learner.step(u, y), len(y))  # the step updates the average (its teacher)
             stats.end_step(len(y))
         return stats.record(epoch)
 
