@@ -1,7 +1,7 @@
 """Glue to ART's ``PyTorchClassifier``: read its input pipeline, clone it for new models."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -179,6 +179,19 @@ def clone_optimizer(optimizer: Optional[torch.optim.Optimizer], model: nn.Module
     if not groups:
         raise ValueError("No trainable parameter of the model is in the classifier's optimizer.")
     return type(optimizer)(groups, **optimizer.defaults)
+
+
+def trained_copy(template: "PyTorchClassifier", model: nn.Module,
+                 trainable: Callable[[nn.Module], list[nn.Parameter]],
+                 optimizer: Optional[Callable[[list], torch.optim.Optimizer]] = None) -> "PyTorchClassifier":
+    """A copy of ``model`` behind ``template``'s ART classifier, trained by ``optimizer(params)`` or
+    else by a clone of ``template``'s optimizer (its groups and their hyper-parameters), where
+    ``params = trainable(copy)`` are the parameters that train (it freezes the others)."""
+    copy = copy_model(model)
+    params = trainable(copy)
+    opt = optimizer(params) if optimizer is not None else clone_optimizer(template.optimizer, copy, params,
+                                                                          source=template.model)
+    return make_classifier(template, copy, opt)
 
 
 def make_classifier(template: "PyTorchClassifier", model: nn.Module,

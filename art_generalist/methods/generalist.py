@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, U
 import torch
 
 from art_generalist import estimators
-from art_generalist.core.attack import InputSpace, TrainingAttack
+from art_generalist.core.attack import InputSpace
 from art_generalist.core.learner import EpochStats, Learner, LearnerSpec, sgd
 from art_generalist.core.mixing import ModelEMA, WeightMixer
 from art_generalist.core.objectives import resolve_objective
@@ -45,9 +45,8 @@ from art_generalist.core.schedules import (
     fractional_epoch,
     resolve_schedule,
 )
-from art_generalist.parallel import draws
 from art_generalist.sparse.plugin import SparsityPlugin
-from art_generalist.train.feed import Batch
+from art_generalist.train.feed import Batch, sharded_attack
 from art_generalist.train.options import BUDGET, PGDBudget, RuntimeOptions
 from art_generalist.train.plugins import Plugin
 from art_generalist.train.trainer import TensorTrainer
@@ -326,26 +325,20 @@ class GeneralistTrainer(TensorTrainer):
         if spec.classifier is not None:
             clf = spec.classifier
         else:
-            model = estimators.copy_model(self.global_ema.module)
-            params = self.plugins.trainable(spec.name, model)
-            if spec.optimizer is not None:
-                opt = spec.optimizer(params if params is not None else model.parameters())
-            elif template.optimizer is not None:  # the user's parameter groups, each with its own lr, decay
-                opt = estimators.clone_optimizer(template.optimizer, model, params, source=template.model)
-            else:
-                opt = sgd()(params)
-            clf = estimators.make_classifier(template, model, opt)
+            # the spec's optimizer, else the user's parameter groups (each with its own lr, decay), else SGD
+            clf = estimators.trained_copy(template, self.global_ema.module, self.plugins.trainable_for(spec.name),
+                                        spec.optimizer or (sgd() if template.optimizer is None else None))
         if self.config.sync_init:
             self.mixer.copy_(clf.model, self.global_ema.module)  # also checks that the keys match
         objective = resolve_objective(spec.objective, template.loss)
         space = self.space(clf.model)
         attack = None
         if objective.attack_loss is not None:
-            attack = TrainingAttack(space, spec.norm if spec.norm is not None else self.norm,
+            attack = sharded_attack(space, spec.norm if spec.norm is not None else self.norm,
                                     spec.eps if spec.eps is not None else self.eps,
                                     spec.eps_step if spec.eps_step is not None else self.eps_step,
                                     spec.max_iter if spec.max_iter is not None else self.max_iter,
-                                    loss=objective.attack_loss, draws=draws.sharded)
+                                    objective.attack_loss)
         schedule = (resolve_schedule(spec.lr_schedule, "lr_schedule", OFFICIAL_LR)
                     if spec.lr_schedule is not None else self.lr_schedule)
         teacher = ModelEMA(clf.model, self.global_ema.decay, self.config.ema.warmup, self.mixer)

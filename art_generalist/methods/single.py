@@ -9,15 +9,14 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from art_generalist import estimators
-from art_generalist.core.attack import InputSpace, TrainingAttack
+from art_generalist.core.attack import InputSpace
 from art_generalist.core.learner import EpochStats, Learner, LearnerSpec
 from art_generalist.core.mixing import ModelEMA, WeightMixer
 from art_generalist.core.objectives import Objective, resolve_objective
 from art_generalist.core.options import describe
 from art_generalist.core.schedules import OFFICIAL_ITERATIONS, OFFICIAL_LR, Schedule, fractional_epoch, resolve_schedule
 from art_generalist.methods.generalist import EMAOptions
-from art_generalist.parallel import draws
-from art_generalist.train.feed import Batch
+from art_generalist.train.feed import Batch, sharded_attack
 from art_generalist.train.trainer import TensorTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,13 +63,9 @@ class SingleLearnerTrainer(TensorTrainer):
         if self.ema is not None:  # the user's model becomes the average; the learner trains a copy
             self.average = ModelEMA(self.global_space.model, self.ema.resolve(OFFICIAL_ITERATIONS)[0],
                                     self.ema.warmup, WeightMixer(mix_buffers=True), copy=False)
-            model = estimators.copy_model(self.global_space.model)
-            params = self.plugins.trainable("global", model)
-            clf = estimators.make_classifier(clf, model, estimators.clone_optimizer(
-                clf.optimizer, model, params, source=self.global_space.model))
-            space = self.space(model)
-        attack = (TrainingAttack(space, self.norm, self.eps, self.eps_step, self.max_iter,
-                                 loss=self.objective.attack_loss, draws=draws.sharded)
+            clf = estimators.trained_copy(clf, self.global_space.model, self.plugins.trainable_for("global"))
+            space = self.space(clf.model)
+        attack = (sharded_attack(space, self.norm, self.eps, self.eps_step, self.max_iter, self.objective.attack_loss)
                   if self.objective.attack_loss is not None else None)
         self.learner = Learner(LearnerSpec(self.objective.name, self.objective), clf, space,
                                self.objective, attack, self.average,

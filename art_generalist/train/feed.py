@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import torch
 
-from art_generalist.parallel import ranks
+from art_generalist.core.attack import ThreatModel, TrainingAttack
+from art_generalist.parallel import draws, ranks
 from art_generalist.parallel.draws import clear_shard, local_batch, take_shard
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -18,6 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Batches = Callable[[], Iterator[Batch]]
+
+
+def sharded_attack(space: "InputSpace", norm: "str | float | ThreatModel", eps: float, eps_step: float,
+                   max_iter: int, loss: str = "ce") -> TrainingAttack:
+    """The training PGD of every trainer: its random starts are drawn for the whole global batch
+    and cut to the shard this process feeds, so data-parallel ranks draw what one process would."""
+    return TrainingAttack(space, norm, eps, eps_step, max_iter, loss=loss, draws=draws.sharded)
 
 
 def nb_array_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -48,6 +48,7 @@ Subclasses override what they need; every default does nothing.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -125,6 +126,10 @@ class PluginList(StepHooks):
         if not isinstance(plugin, Plugin):
             raise TypeError(f"`plugin` must be an art_generalist.train.plugins.Plugin, got {type(plugin).__name__}.")
         self.runtime.append(plugin)
+
+    def trainable_for(self, name: str) -> Callable[[nn.Module], list[nn.Parameter]]:
+        """:meth:`trainable` for the model called ``name``, as a function of the model."""
+        return functools.partial(self.trainable, name)
 
     def trainable(self, name: str, model: nn.Module) -> list[nn.Parameter]:
         """The parameters every plug-in lets train (all by default); the others are frozen."""

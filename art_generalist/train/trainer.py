@@ -100,17 +100,16 @@ class TensorTrainer(ARTFitAPI, TrainerState, Trainer):
         self.device = classifier.device
         self._user_optimizer = classifier.optimizer  # what fit(scheduler=) must drive, read before any clone below
         # ART's contract: the classifier passed in is the one trained (copy_classifier=True: a copy)
-        model = estimators.copy_model(classifier.model) if self.runtime.copy_classifier else classifier.model
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)  # in place: the parameters stay the same objects
-        params = self.plugins.trainable("global", model)
         if self.runtime.copy_classifier:
-            trained = estimators.make_classifier(classifier, model, estimators.clone_optimizer(
-                classifier.optimizer, model, params, source=classifier.model))
+            trained = estimators.trained_copy(classifier, classifier.model, self.plugins.trainable_for("global"))
+            model = trained.model
         else:
-            trained = classifier
+            trained, model = classifier, classifier.model
+            params = self.plugins.trainable("global", model)
             if classifier.optimizer is not None and len(params) < len(list(model.parameters())):  # plug-ins froze some
                 trained._optimizer = estimators.clone_optimizer(classifier.optimizer, model, params)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # in place: the parameters stay the same objects
         super().__init__(trained)
         self.global_space = self.space(model)
         estimators.check_same_function(trained, self.global_space)

@@ -19,15 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_generalist.core.attack import InputSpace, ThreatModel, TrainingAttack, madry_step, predict_labels
-from art_generalist.parallel import draws
 from art_generalist.parallel.shards import batch_starts, gather, owns
+from art_generalist.train.feed import sharded_attack
 from art_generalist.train.plugins import Plugin
 
 
 def madry_attack(space: InputSpace, norm: Union[str, float, ThreatModel], eps: float,
                  steps: int) -> Optional[TrainingAttack]:
     """PGD-``steps`` with step ``2.5·eps/steps``; ``None`` when ``steps`` is 0."""
-    return TrainingAttack(space, norm, eps, madry_step(eps, steps), steps, draws=draws.sharded) if steps else None
+    return sharded_attack(space, norm, eps, madry_step(eps, steps), steps) if steps else None
 
 
 @torch.no_grad()
