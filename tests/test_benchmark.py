@@ -274,10 +274,19 @@ def test_art_runner_resume_refuses_changed_settings(digits, tmp_path):
         return ARTTrainerRun(make_classifier(), "madry", **kwargs).fit(
             x, y, nb_epochs=2, batch_size=batch_size, checkpoint_dir=tmp_path, resume=True, stop_after=1)
     run()
-    for changes, message in (({"eps": 0.3}, "eps: stored 0.1 vs now 0.3"), ({"batch_size": 16}, "batch_size"),
-                             ({"max_iter": 2}, "max_iter: stored 1 vs now 2")):
+    for changes, message in (({"eps": 0.3}, "eps: checkpoint 0.1, now 0.3"), ({"batch_size": 16}, "batch_size"),
+                             ({"max_iter": 2}, "max_iter: checkpoint 1, now 2")):
         with pytest.raises(ValueError, match=message):
             run(**changes)
+    flipped = y.copy()
+    flipped[0] = (flipped[0] + 1) % 10
+    for clf, data, message in ((make_classifier(model=tiny_net(0, bn=True)), (x, y), "model: line"),
+                               (make_classifier(lr=0.5), (x, y), "optimizer.*lr"),
+                               (make_classifier(), (x[:60], y[:60]), "examples: checkpoint 64, now 60"),
+                               (make_classifier(), (x, flipped), "data: checkpoint")):
+        with pytest.raises(ValueError, match=message):
+            ARTTrainerRun(clf, "madry", eps=0.1, eps_step=0.05, max_iter=1, val_max_iter=0).fit(
+                *data, nb_epochs=2, batch_size=32, checkpoint_dir=tmp_path, resume=True, stop_after=1)
     assert [r["epoch"] for r in run()] == [1, 2]  # the same settings resume
 
 

@@ -27,7 +27,13 @@ from art_generalist.state.files import (
     safe_load,
     set_rng_states,
 )
-from art_generalist.state.fingerprint import OtherRunError
+from art_generalist.state.fingerprint import (
+    OtherRunError,
+    differences,
+    model_structure,
+    optimizer_hparams,
+    tensor_digest,
+)
 from art_generalist.train.validation import TrackBest, validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,14 +188,16 @@ class ARTTrainerRun:
 
     def settings(self, nb_epochs: int, batch_size: int, x: Any, y: Any,
                  validation_data: Optional[tuple[Any, Any]] = None) -> dict:
-        """Everything a resumed run must share with the run that wrote the checkpoint (the data by
-        a fingerprint: a hash of the labels and of up to 1,024 evenly spaced training examples)."""
+        """Everything a resumed run must share with the run that wrote the checkpoint: the budget,
+        the model's structure, the optimizer's groups and the data (SHA-256 of examples and labels)."""
         schedule = self.lr_schedule
         return {"method": self.method, "nb_epochs": nb_epochs, "eps": self.eps, "eps_step": self.eps_step,
                 "max_iter": self.max_iter, "norm": self.norm.value, "trades_beta": self.trades_beta,
                 **({"awp_gamma": self.awp_gamma} if self.awp_gamma is not None else {}),
-                "batch_size": batch_size, "examples": len(x), "data": _fingerprint(x, y),
-                "validation": None if validation_data is None else _fingerprint(*validation_data),
+                "batch_size": batch_size, "examples": len(x), "data": _data_digest(x, y),
+                "validation": None if validation_data is None else _data_digest(*validation_data),
+                "model": model_structure(self.classifier.model),
+                "optimizer": optimizer_hparams(self.classifier.optimizer, self.base_lrs),
                 "val_max_iter": self.val_max_iter, "lr_updates_per_epoch": self.lr_updates_per_epoch,
                 "seed": self.seed, "base_lrs": list(self.base_lrs),
                 # a schedule without a repr of its own (a lambda) cannot be compared: None
@@ -199,9 +207,10 @@ class ARTTrainerRun:
         state = safe_load(path)
         # checkpoints of earlier versions recorded the method and the epoch budget only
         stored = state.get("settings") or {"method": state["method"], "nb_epochs": state["nb_epochs"]}
-        differ = [k for k in settings if k in stored and stored[k] != settings[k]]
+        shared = [k for k in settings if k in stored]  # (earlier versions recorded fewer settings)
+        differ = differences({k: stored[k] for k in shared}, {k: settings[k] for k in shared})
         if differ:
-            detail = "; ".join(f"{k}: stored {stored[k]!r} vs now {settings[k]!r}" for k in differ)
+            detail = "; ".join(differ)
             raise OtherRunError(f"{path} was written by an ART {stored['method']} run with other settings ({detail}); "
                              f"resume with the same settings or start afresh in another folder.")
         if "settings" not in state:
@@ -229,11 +238,7 @@ class ARTTrainerRun:
                 for a, b in zip(bounds, bounds[1:])]
 
 
-def _fingerprint(x: Any, y: Any) -> str:
-    """A short hash of the labels and of up to 1,024 evenly spaced examples."""
-    import hashlib
-
-    x, y = (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in (x, y))
-    digest = hashlib.sha256(np.ascontiguousarray(x[::max(1, len(x) // 1024)]).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
-    return digest.hexdigest()[:16]
+def _data_digest(x: Any, y: Any) -> str:
+    """:func:`~art_generalist.state.fingerprint.tensor_digest` of arrays or tensors ``x`` and ``y``."""
+    return tensor_digest(*(t if isinstance(t, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(t))
+                           for t in (x, y)))

@@ -11,7 +11,7 @@ differs between two fingerprints, field by field, for the message that refuses t
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -47,13 +47,26 @@ def optimizer_hparams(optimizer: torch.optim.Optimizer, base_lrs: Iterable[float
     return groups
 
 
+def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().contiguous().cpu()
+    h.update(f"{list(t.shape)}:{t.dtype};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def tensor_digest(*tensors: torch.Tensor) -> str:
     """SHA-256 of the tensors' shapes, dtypes and bytes (one copy to the host each)."""
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{list(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, t)
+    return h.hexdigest()
+
+
+def named_tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """:func:`tensor_digest` of a state dict: each name, then its tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode() + b"\0")
+        _hash_tensor(h, tensors[name])
     return h.hexdigest()
 
 

@@ -22,7 +22,6 @@ collective waits for a stalled rank. With one rank nothing here runs.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -32,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from art_generalist.parallel.ranks import _reduce_device, active, average_gradients, broadcast_state, world
+from art_generalist.state.fingerprint import tensor_digest
 from art_generalist.train.plugins import Plugin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,13 +43,6 @@ DEBUG_SYNC_ENV_VAR = "ART_GENERALIST_DEBUG_SYNC"
 
 
 # -- the gradient reduction ---------------------------------------------------------------------------
-def _digest(tensors: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _flat_tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -111,7 +104,7 @@ def check_in_sync(trainer: Any) -> None:
     """Raise ``RuntimeError`` unless every rank holds the same weights, optimizer and plug-in
     state and torch RNG state (a SHA-256 of their bytes, gathered from every rank)."""
     tensors = _flat_tensors(trainer.model_state()) + _flat_tensors(trainer.plugins.state_dict())
-    digest = _digest(tensors + [torch.get_rng_state()])
+    digest = tensor_digest(*tensors, torch.get_rng_state())
     digests: list = [None] * world()[1]
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:

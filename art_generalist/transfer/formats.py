@@ -33,6 +33,7 @@ from typing import Any, Optional, Union
 import torch
 
 from art_generalist.state.files import PathLike, UnsafeCheckpointError, atomic_write_bytes, safe_load
+from art_generalist.state.fingerprint import named_tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -204,16 +205,6 @@ def converted_path_for(path: PathLike, converted_path: Optional[PathLike] = None
     return Path(converted_path) if converted_path is not None else path.with_name(path.name + ".safetensors")
 
 
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
-    digest = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().to("cpu").contiguous()
-        digest.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode() + b"\0")
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _verified_copy(target: Path, sha256: str, source: Path) -> Optional[RawCheckpoint]:
     """The copy's tensors when it was converted from a file with ``sha256`` (and the size and SHA-256 of
     ``source``, when present) and its tensors are those it recorded; ``None`` (with a warning) otherwise."""
@@ -231,7 +222,7 @@ def _verified_copy(target: Path, sha256: str, source: Path) -> Optional[RawCheck
         problem = f"it records a source with SHA-256 {rec.get('sha256')!r}, not {sha256}"
     elif not isinstance(rec.get("size"), int) or not isinstance(rec.get("tensors_sha256"), str):
         problem = "it records no source size or tensor hash (an older or foreign copy)"
-    elif rec["tensors_sha256"] != tensors_sha256(raw.tensors):
+    elif rec["tensors_sha256"] != named_tensor_digest(raw.tensors):
         problem = "its tensors are not the ones it records (altered after conversion)"
     elif source.is_file() and source.stat().st_size != rec["size"]:
         problem = f"{source} has {source.stat().st_size} bytes, not the {rec['size']} it records"
@@ -274,7 +265,8 @@ def read_unsafe(path: PathLike, sha256: str, converted_path: Optional[PathLike] 
             f"{path} could not be unpickled even with the opt-in ({type(err).__name__}: {err}). Files pickled with "
             f"`dill` or referring to classes of a training script ('__main__') need that code importable.") from err
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in extract_tensors(obj, str(path)).items()}
-    meta = {"sha256": sha256, "size": len(data), "converted_from": path.name, "tensors_sha256": tensors_sha256(tensors)}
+    meta = {"sha256": sha256, "size": len(data), "converted_from": path.name,
+            "tensors_sha256": named_tensor_digest(tensors)}
     atomic_write_bytes(target, save(tensors, metadata={CONVERTED_KEY: json.dumps(meta)}))
     logger.info("wrote the weights of %s as safetensors to %s", path, target)
     return RawCheckpoint(tensors, meta, converted=True)
