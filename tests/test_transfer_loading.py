@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import struct
 
 import pytest
 import torch
@@ -298,3 +299,12 @@ def test_oversized_safetensors_metadata_of_a_source_is_refused_before_parsing(tm
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError):  # not read as safetensors, and refused as a pickle: nothing parsed
         read_file(path)
+
+
+@pytest.mark.parametrize("header, message", [(b"{not json", "header is not JSON"),
+                                             (b'{"__metadata__": 5}', "metadata is not a JSON object")])
+def test_a_damaged_safetensors_header_is_a_format_error_naming_the_file(tmp_path, header, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointFormatError, match=f"bad.safetensors.*{message}"):
+        load_source(path, "resnet18")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 from torch import nn
@@ -30,23 +30,30 @@ def safetensors_header(path: PathLike) -> dict:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is not a safetensors file ({size} bytes).")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES:
-            raise ValueError(f"{path}: its safetensors header claims {n} bytes, over the cap of {MAX_HEADER_BYTES} "
-                             f"bytes; refusing to read it (not an export of this package, or damaged).")
-        if 8 + n > size:
-            raise ValueError(f"{path}: its safetensors header claims {n} bytes but the file has {size}: cut short "
-                             f"or not a safetensors file.")
-        raw = fh.read(n)
+        return _parse_header(fh.read(8), size, fh.read, path)
+
+
+def safetensors_header_of(data: bytes, source: object) -> dict:
+    """:func:`safetensors_header` of a file's bytes already in memory (``source`` names it)."""
+    return _parse_header(data[:8], len(data), lambda n: data[8:8 + n], source)
+
+
+def _parse_header(head: bytes, size: int, read: Callable[[int], bytes], source: object) -> dict:
+    if len(head) < 8:
+        raise ValueError(f"{source} is not a safetensors file ({size} bytes).")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{source}: its safetensors header claims {n} bytes, over the cap of {MAX_HEADER_BYTES} "
+                         f"bytes; refusing to read it (not an export of this package, or damaged).")
+    if 8 + n > size:
+        raise ValueError(f"{source}: its safetensors header claims {n} bytes but the file has {size}: cut short "
+                         f"or not a safetensors file.")
     try:
-        header = json.loads(raw)
+        header = json.loads(read(n))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: its safetensors header is not JSON ({err}).") from None
+        raise ValueError(f"{source}: its safetensors header is not JSON ({err}).") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: its safetensors header is not a JSON object.")
+        raise ValueError(f"{source}: its safetensors header is not a JSON object.")
     return header
 
 

@@ -117,13 +117,14 @@ def _parse_safetensors(data: bytes, source: object = "the safetensors file") -> 
     the header and the metadata are size-checked before they are parsed (as exports are)."""
     from safetensors.torch import load
 
-    from art_generalist.state.export import MAX_HEADER_BYTES, parse_metadata
+    from art_generalist.state.export import parse_metadata, safetensors_header_of
 
-    (n,) = struct.unpack("<Q", data[:8]) if len(data) >= 8 else (-1,)
-    if not 0 <= n <= min(MAX_HEADER_BYTES, len(data) - 8):
-        raise CheckpointFormatError(f"{source}: its safetensors header claims {n} bytes, over the cap of "
-                                    f"{MAX_HEADER_BYTES} or past the end of the {len(data)}-byte file.")
-    meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    try:
+        meta = safetensors_header_of(data, source).get("__metadata__") or {}
+    except ValueError as err:
+        raise CheckpointFormatError(str(err)) from None
+    if not isinstance(meta, dict):
+        raise CheckpointFormatError(f"{source}: its safetensors metadata is not a JSON object.")
     tensors = load(data)
     if "art_generalist" in meta:
         return RawCheckpoint(tensors, parse_metadata(meta["art_generalist"], source), export=True)
