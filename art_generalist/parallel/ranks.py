@@ -87,17 +87,6 @@ def init_from_env(device: str, timeout_s: Optional[float] = None) -> str:
     return device
 
 
-def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Rank 0's ``t`` on every rank (``t`` itself in one process); bool tensors included."""
-    if not active():
-        return t
-    work = t.to(torch.uint8) if t.dtype == torch.bool else t.clone()
-    if dist.get_backend() == "nccl" and not work.is_cuda:
-        work = work.cuda()
-    dist.broadcast(work, src=0)
-    return (work.bool() if t.dtype == torch.bool else work).to(t.device)
-
-
 def broadcast_module(module: nn.Module) -> None:
     """Give every rank rank 0's parameters and buffers, in place (no-op in one process): for models
     trained outside the package's data-parallel loop (ART's own trainers, Robust Bird's search)."""

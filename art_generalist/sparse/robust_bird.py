@@ -30,11 +30,9 @@ Unstructured sparsity saves FLOPs, not wall-clock time on dense kernels (see
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, Iterator, Optional
 
-import torch
 from torch import nn
 
 from art_generalist.core.objectives import NaturalCE
@@ -117,8 +115,9 @@ class RobustBird(SparsityPlugin):
                 recent = [*recent, Masks.global_magnitude(model, self.density, layers=layers)][-self.window:]
                 distance = (max(recent[-1].hamming(old) for old in recent[:-1]) if len(recent) == self.window
                             else None)
-                emerged, distance = self._rank0_decision(early_bird_emerged(recent, self.threshold, self.window),
-                                                         distance)
+                # rank 0's stop decision and distance on every rank
+                emerged, distance = ranks.broadcast_state((early_bird_emerged(recent, self.threshold, self.window),
+                                                           distance))
                 s = self.stage1
                 s["epochs"], s["examples"] = s["epochs"] + 1, s["examples"] + seen
                 s["train_flops"] += seen * per_example
@@ -145,15 +144,6 @@ class RobustBird(SparsityPlugin):
                     self.stage1["emerged"] else "no early bird (search budget spent)", self.stage1["epochs"],
                     ticket.density())
         return ticket
-
-    @staticmethod
-    def _rank0_decision(emerged: bool, distance: Optional[float]) -> tuple[bool, Optional[float]]:
-        """Rank 0's stop decision and distance on every rank (the arguments in one process)."""
-        if not ranks.active():
-            return emerged, distance
-        sent = torch.tensor([float(emerged), math.nan if distance is None else distance], dtype=torch.float64)
-        got = ranks.broadcast_tensor(sent).tolist()
-        return bool(got[0]), None if math.isnan(got[1]) else got[1]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "stage1": {**self.stage1, "distances": list(self.stage1["distances"])}}
