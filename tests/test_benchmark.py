@@ -332,7 +332,7 @@ def test_arts_awp_trainer_runs_as_the_other_art_baselines(digits, tmp_path, monk
                       checkpoint_dir=tmp_path, stop_after=1)
     assert len(history) == 1 and len(calls) == 2 and "awp_setup" in run.workarounds
     assert any(not torch.equal(a, b) for a, b in zip(before, run.classifier.model.parameters()))
-    with pytest.raises(ValueError, match="awp_gamma: stored 0.01 vs now 0.02"):
+    with pytest.raises(ValueError, match="awp_gamma: checkpoint 0.01, now 0.02"):
         ARTTrainerRun(make_classifier(tiny_net(0)), "awp", eps=0.1, eps_step=0.05, max_iter=1, val_max_iter=0,
                       awp_gamma=0.02).fit(digits.x_train[:64], digits.y_train[:64], nb_epochs=2, batch_size=32,
                                           checkpoint_dir=tmp_path, resume=True)

@@ -140,3 +140,26 @@ def test_paper_metrics_of_a_tiny_sparse_benchmark(tmp_path, monkeypatch):
     assert real_gap(fresh, *args)["train_pgd"] != dense["generalization"]["train_pgd"]
     assert real_gap(trained, *args)["train_pgd"] == dense["generalization"]["train_pgd"]
     assert results["complete"] and np.isfinite(dense["generalization"]["gap"])
+
+
+def test_art_trainers_flops_count_trades_clean_pass_and_awps_proxy_pass(digits):
+    """ART AWP (PGD mode) makes one more forward+backward pass per example than Madry, that of the
+    proxy which finds the weight perturbation; TRADES one more, its clean pass."""
+    from types import SimpleNamespace
+
+    from art_generalist.sparse import SparseFlops
+
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    cfg = SimpleNamespace(paper_metrics=True, max_iter=2)
+    flops = {}
+    for method in ("madry", "trades", "awp"):
+        clf = make_classifier(bench.get_model("digits_net", 1, 10, 8))  # (ART's TRADES refuses nn.Sequential)
+        run = ARTTrainerRun(clf, method, eps=0.1, eps_step=0.05, max_iter=2, val_max_iter=1,
+                            track_best=TrackBest())
+        run.fit(x, y, nb_epochs=1, batch_size=32, validation_data=(x[:16], y[:16]))
+        flops[method] = sparse_metrics.training_info(run, "art_" + method, cfg, (1, 8, 8))["paper"]["flops"]
+    fl = SparseFlops.measure(bench.get_model("digits_net", 1, 10, 8), (1, 8, 8))
+    extra = 64 * fl.natural_training(sparse=False)
+    assert flops["madry"]["training"] == pytest.approx(64 * fl.adversarial_training(2, sparse=False))
+    assert flops["awp"]["training"] - flops["madry"]["training"] == pytest.approx(extra)
+    assert flops["trades"]["training"] - flops["madry"]["training"] == pytest.approx(extra)

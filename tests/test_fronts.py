@@ -18,6 +18,7 @@ def _row(method, clean, aa, base_learner=False):
 @pytest.mark.parametrize("method, expected", [
     ("generalist", ("generalist", None)), ("generalist@0.7", ("generalist", 0.7)),
     ("art_trades@3", ("art_trades", 3.0)), ("trades@1", ("trades", 1.0)), ("art_madry", ("art_madry", None)),
+    ("art_awp@0.005", ("art_awp", 0.005)),
 ])
 def test_methods_and_knobs(method, expected):
     assert fronts.split_method(method, METHODS) == expected
@@ -25,7 +26,8 @@ def test_methods_and_knobs(method, expected):
 
 @pytest.mark.parametrize("method, match", [
     ("fgsm", "Unknown method"), ("art_madry@2", "no knob"), ("generalist@x", "number"),
-    ("generalist@1.5", r"\[0, 1\]"), ("art_trades@-1", ">= 0"),
+    ("generalist@1.5", r"\[0, 1\]"), ("art_trades@-1", ">= 0"), ("art_trades@inf", "finite"),
+    ("art_awp@0", "AWP's γ must be a finite number > 0"),
 ])
 def test_bad_methods_are_refused(method, match):
     with pytest.raises(ValueError, match=match):

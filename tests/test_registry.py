@@ -149,8 +149,8 @@ def test_cli_benchmark_knobs_and_plugins_read_the_registry():
         "generalist", "art_madry", "art_trades", "art_awp", "pgd_at", "trades", "pgd_ema", "trades_ema", "robust_bird",
         "flying_bird", "flying_bird_plus", "generalist+flying_bird")
     assert fronts.KNOBS == {m.name: m.knob for m in registry.methods() if m.benchmark and m.knob} == {
-        "generalist": "final β", "art_trades": "TRADES β", "trades": "TRADES β", "trades_ema": "TRADES β",
-        "robust_bird": "density",
+        "generalist": "final β", "art_trades": "TRADES β", "art_awp": "AWP γ", "trades": "TRADES β",
+        "trades_ema": "TRADES β", "robust_bird": "density",
         "flying_bird": "density", "flying_bird_plus": "density", "generalist+flying_bird": "density"}
     assert sparse_metrics.FAMILIES == tuple(m.name for m in registry.methods() if m.sparsity is not None)
     assert {m.name: m.art for m in registry.methods() if m.art} == {"art_madry": "madry", "art_trades": "trades",
@@ -162,6 +162,17 @@ def test_readme_method_table_is_the_generated_one():
     assert match, "README.md lacks the generated method table markers"
     regenerate = "python -c 'from art_generalist.methods.registry import method_table; print(method_table())'"
     assert match.group(1) == registry.method_table(), f"regenerate the table with: {regenerate}"
+
+
+def test_each_knob_becomes_the_option_that_sets_it():
+    assert registry.get_method("generalist").knob_options(0.2) == {
+        "beta_schedule": ((0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, 0.2))}
+    objective = registry.get_method("trades_ema").knob_options(3)["objective"]
+    assert isinstance(objective, TRADES) and objective.beta == 3
+    assert registry.get_method("art_trades").knob_options(3) == {"trades_beta": 3.0}
+    assert registry.get_method("art_awp").knob_options(0.005) == {"awp_gamma": 0.005}
+    assert registry.get_method("flying_bird").knob_options(0.2) == {}  # the benchmark builds its plug-in
+    assert registry.get_method("pgd_at").knob_options(None) == registry.get_method("art_awp").knob_options(None) == {}
 
 
 def test_a_method_builds_its_trainer_and_bad_entries_are_refused():

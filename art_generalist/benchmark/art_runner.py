@@ -66,7 +66,7 @@ WORKAROUNDS = {
 
 
 class ARTTrainerRun:
-    """Train a copy of ``classifier`` with ART's Madry (``method="madry"``) or TRADES trainer.
+    """Train a copy of ``classifier`` with ART's Madry (``method="madry"``), TRADES or AWP trainer.
 
     :param lr_schedule: ``(epoch, nb_epochs) -> factor`` of the optimizer's initial lr, applied
         once per epoch (default: Generalist's official piecewise-linear schedule).
@@ -78,6 +78,10 @@ class ARTTrainerRun:
     :param track_best: a :class:`~art_generalist.train.validation.TrackBest` offered each validated epoch
         (kept in the checkpoint), as the package's trainers take it as a plug-in.
     """
+
+    #: forward+backward passes of the model per example beside PGD-AT's one (FLOPs accounting):
+    #: TRADES' clean pass; AWP's (PGD mode) pass of the proxy that finds the weight perturbation
+    EXTRA_PASSES = {"madry": 0, "trades": 1, "awp": 1}
 
     def __init__(self, classifier: "PyTorchClassifier", method: str, eps: float, eps_step: float, max_iter: int,
                  trades_beta: float = 6.0, lr_schedule: Schedule = OFFICIAL_LR, val_max_iter: int = 20,
@@ -185,6 +189,10 @@ class ARTTrainerRun:
             if stop_after is not None and stop_after <= epoch < nb_epochs:
                 break
         return self.history
+
+    def get_classifier(self) -> "PyTorchClassifier":
+        """The trained classifier (ART's trainers' name for it)."""
+        return self.classifier
 
     def settings(self, nb_epochs: int, batch_size: int, x: Any, y: Any,
                  validation_data: Optional[tuple[Any, Any]] = None) -> dict:

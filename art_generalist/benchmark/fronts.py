@@ -13,6 +13,7 @@ import math
 from typing import Optional
 
 from art_generalist.methods import registry
+from art_generalist.methods.registry import generalist_beta  # noqa: F401 (the fronts' β knots)
 
 #: family -> its knob (how the knob is read), from the method registry's benchmark methods
 KNOBS = {m.name: m.knob for m in registry.methods() if m.benchmark and m.knob is not None}
@@ -37,18 +38,15 @@ def split_method(method: str, families: tuple[str, ...]) -> tuple[str, Optional[
         value = float(knob)
     except ValueError:
         raise ValueError(f"The knob of {method!r} must be a number.") from None
-    if KNOBS[family] == "density" and not 0.0 < value <= 1.0:
+    if KNOBS[family] == registry.DENSITY and not 0.0 < value <= 1.0:
         raise ValueError(f"The density of {method!r} must lie in (0, 1] (the fraction of weights kept).")
-    if family == "generalist" and not 0.0 <= value <= 1.0:
+    if KNOBS[family] == registry.FINAL_BETA and not 0.0 <= value <= 1.0:
         raise ValueError(f"Generalist's final β must lie in [0, 1], got {method!r}.")
-    if value < 0:
-        raise ValueError(f"TRADES' β must be >= 0, got {method!r}.")
+    if KNOBS[family] == registry.AWP_GAMMA and not 0.0 < value < math.inf:
+        raise ValueError(f"AWP's γ must be a finite number > 0, got {method!r}.")
+    if not 0.0 <= value < math.inf:
+        raise ValueError(f"TRADES' β must be a finite number >= 0, got {method!r}.")
     return family, value
-
-
-def generalist_beta(final_beta: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The official β knots with the final value replaced."""
-    return (0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, final_beta)
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -26,7 +26,6 @@ from art_generalist.benchmark import fronts, sparse_metrics
 from art_generalist.benchmark.art_runner import WORKAROUNDS, ARTTrainerRun
 from art_generalist.benchmark.report import _epoch_ratios, format_fronts, format_table, write_results  # noqa: F401
 from art_generalist.core.attack import madry_step
-from art_generalist.core.objectives import OBJECTIVES
 from art_generalist.core.schedules import OFFICIAL_LR, resolve_schedule
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier
@@ -116,25 +115,24 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     per_iteration = dict(per_iteration_schedules=cfg.per_iteration_schedules, lr_schedule=cfg.lr_schedule)
     family, knob = fronts.split_method(method, METHODS)
     entry = registry.get_method(family)
-    beta = cfg.trades_beta if knob is None else knob  # the TRADES β of a method with that knob (and of ART's)
+    # the knob's options; a TRADES β knob left unset is the configured β
+    knob_options = entry.knob_options(cfg.trades_beta if knob is None and entry.knob == registry.TRADES_BETA
+                                      else knob)
     sparse_options = sparse_metrics.trainer_options(family, knob, cfg)  # {} for a dense method without paper metrics
     if entry.is_generalist:
-        options = {**per_iteration, **cfg.generalist, **sparse_options}
-        if knob is not None and entry.knob == registry.FINAL_BETA:
-            options["beta_schedule"] = fronts.generalist_beta(knob)
+        options = {**per_iteration, **cfg.generalist, **sparse_options, **knob_options}
         trainer = entry.build(clf, budget, verbose=cfg.verbose, **options)
         history = trainer.fit(*split["train"], **fit)
         extra = ({f"{method}:teacher:{lrn.name}": trainer.space(lrn.teacher.module) for lrn in trainer.learners}
                  if cfg.base_learners else {})
     elif entry.art is None:
-        objective = OBJECTIVES[entry.objective](beta) if entry.knob == registry.TRADES_BETA else entry.objective
         averaging = ({k: cfg.generalist[k] for k in ("ema_decay", "ema_warmup") if k in cfg.generalist}
                      if entry.averaged else {})  # the same averaging as Generalist's global learner
-        trainer = entry.build(clf, budget, objective=objective, verbose=cfg.verbose, **per_iteration,
-                              **sparse_options, **averaging)
+        trainer = entry.build(clf, budget, verbose=cfg.verbose, **per_iteration, **sparse_options, **averaging,
+                              **knob_options)
         history = trainer.fit(*split["train"], **fit)
     else:
-        trainer = ARTTrainerRun(clf, entry.art, trades_beta=beta,
+        trainer = ARTTrainerRun(clf, entry.art, **{"trades_beta": cfg.trades_beta, **knob_options},
                                 verbose=cfg.verbose, seed=cfg.seed,
                                 lr_schedule=resolve_schedule(cfg.lr_schedule, "lr_schedule", OFFICIAL_LR),
                                 lr_updates_per_epoch=cfg.art_lr_chunks if cfg.per_iteration_schedules else 1,
@@ -147,8 +145,7 @@ def _train(method: str, cfg: BenchmarkConfig, data: Any, split: dict) -> tuple[A
     info.update(train_seconds=seconds, epoch_seconds=epoch_seconds, median_epoch_seconds=median(epoch_seconds),
                 examples_per_s=len(split["train"][0]) * cfg.epochs / sum(epoch_seconds), history=history,
                 extra_models=extra, **sparse_metrics.training_info(trainer, family, cfg, data.input_shape))
-    classifier = trainer.get_classifier() if hasattr(trainer, "get_classifier") else trainer.classifier
-    return classifier, info
+    return trainer.get_classifier(), info
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:

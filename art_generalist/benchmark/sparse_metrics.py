@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from art_generalist.benchmark.art_runner import ARTTrainerRun
 from art_generalist.methods import registry
 from art_generalist.sparse import RobustBird, SparseFlops
 from art_generalist.sparse.report import learner_cost
@@ -85,7 +86,7 @@ def training_info(trainer: Any, family: str, cfg: Any, input_shape: tuple) -> di
         info["sparsity"] = trainer.sparsity_report()
     if not cfg.paper_metrics:
         return info
-    model = trainer.get_classifier().model if hasattr(trainer, "get_classifier") else trainer.classifier.model
+    model = trainer.get_classifier().model
     if family in PLUGINS:
         report = info["sparsity"]
         flops = {"training": report["training_flops"]["total_sparse"],
@@ -93,11 +94,11 @@ def training_info(trainer: Any, family: str, cfg: Any, input_shape: tuple) -> di
                  "inference": report["inference_flops"]["sparse"], "density": report["density"]}
     else:
         fl = SparseFlops.measure(model, input_shape)
-        if hasattr(trainer, "_learners"):
+        if isinstance(trainer, ARTTrainerRun):  # PGD-AT (ART's attacks are CE-PGD) and the method's extra passes
+            per_example = (fl.adversarial_training(cfg.max_iter, sparse=False)
+                           + ARTTrainerRun.EXTRA_PASSES[trainer.method] * fl.natural_training(sparse=False))
+        else:
             per_example = sum(learner_cost(fl, lrn, None) for lrn in trainer.base_learners())
-        else:  # ART: Madry = PGD-AT; TRADES = PGD-AT plus the clean pass (its attack is CE-PGD)
-            per_example = fl.adversarial_training(cfg.max_iter, sparse=False)
-            per_example += fl.natural_training(sparse=False) if trainer.method == "trades" else 0.0
         total = float(sum(r["examples"] for r in trainer.history) * per_example)
         flops = {"training": total, "training_dense": total, "inference": fl.inference(sparse=False), "density": 1.0}
     best = tracker(trainer)

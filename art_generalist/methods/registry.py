@@ -26,6 +26,12 @@ from art_generalist.sparse import FlyingBird, FlyingBirdPlus, RobustBird
 FINAL_BETA = "final β"  # Generalist's final β: β knots (0, E/3, 2E/3, E) -> (1, 1, 1, value)
 TRADES_BETA = "TRADES β"  # the β of the method's objective (TRADES(value)), or of ART's TRADES trainer
 DENSITY = "density"  # the density of the method's sparse plug-in, in (0, 1]
+AWP_GAMMA = "AWP γ"  # the weight-perturbation size of ART's AWP trainer, relative to each layer's norm
+
+
+def generalist_beta(final_beta: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The official β knots with the final value replaced."""
+    return (0.0, 1 / 3, 2 / 3, 1.0), (1.0, 1.0, 1.0, final_beta)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,20 @@ class Method:
     def is_generalist(self) -> bool:
         """Built by :class:`GeneralistTrainer` (or a subclass): takes Generalist's options."""
         return isinstance(self.trainer, type) and issubclass(self.trainer, GeneralistTrainer)
+
+    def knob_options(self, value: Optional[float]) -> dict:
+        """The options that set this method's knob to ``value``: for its trainer (``beta_schedule``,
+        ``objective``) or for the benchmark's ART runner (``trades_beta``, ``awp_gamma``). ``{}`` for
+        ``None`` and for the density, which the benchmark gives the sparse plug-in it builds."""
+        if value is None or self.knob in (None, DENSITY):
+            return {}
+        if self.knob == FINAL_BETA:
+            return {"beta_schedule": generalist_beta(value)}
+        if self.knob == AWP_GAMMA:
+            return {"awp_gamma": float(value)}
+        if self.art is not None:
+            return {"trades_beta": float(value)}
+        return {"objective": OBJECTIVES[self.objective](value)}
 
     def build(self, classifier: Any, budget: Mapping[str, Any], **options: Any) -> Any:
         """The trainer: ``trainer(classifier, **budget, objective=..., **options)``, the method's
@@ -97,8 +117,9 @@ def register_method(name: str, description: str, *, trainer: Optional[Callable[.
         raise ValueError(f"Method {name!r}: unknown objective {objective!r} (registered: {sorted(OBJECTIVES)}).")
     if art is not None and (train or sparsity is not None):
         raise ValueError(f"Method {name!r}: an ART baseline runs in the benchmark only, without a sparsity plug-in.")
-    if knob not in (None, FINAL_BETA, TRADES_BETA, DENSITY):
-        raise ValueError(f"Method {name!r}: `knob` must be None, {FINAL_BETA!r}, {TRADES_BETA!r} or {DENSITY!r}.")
+    if knob not in (None, FINAL_BETA, TRADES_BETA, DENSITY, AWP_GAMMA):
+        raise ValueError(f"Method {name!r}: `knob` must be None, {FINAL_BETA!r}, {TRADES_BETA!r}, {DENSITY!r} or "
+                         f"{AWP_GAMMA!r}.")
     if sparsity is not None and train:
         raise ValueError(f"Method {name!r}: `train --method` builds no sparsity plug-in; a sparse method is "
                          f"benchmark-only (the `sparsity=` option of the trainers takes any plug-in).")
@@ -155,7 +176,7 @@ register_method("art_madry", "ART's `AdversarialTrainerMadryPGD`, given a fair r
 register_method("art_trades", "ART's `AdversarialTrainerTRADESPyTorch`, given a fair run (its inner attack is "
                 "ART's CE-PGD, not the paper's KL attack)", art="trades", objective="trades", knob=TRADES_BETA)
 register_method("art_awp", "ART's `AdversarialTrainerAWPPyTorch` (adversarial weight perturbation, PGD mode), "
-                "given a fair run", art="awp", objective="pgd")
+                "given a fair run", art="awp", objective="pgd", knob=AWP_GAMMA)
 register_method("pgd_at", "Madry PGD adversarial training of one model", trainer=SingleLearnerTrainer,
                 objective="pgd", train=True)
 register_method("trades", "TRADES (Zhang et al., 2019) with its KL inner attack", trainer=SingleLearnerTrainer,
