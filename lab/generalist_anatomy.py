@@ -57,10 +57,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from paired import mcnemar_exact
 from record import run_record
 
 from art_generalist import GeneralistTrainer, SingleLearnerTrainer
+from art_generalist.benchmark.paired import mcnemar_exact
 from art_generalist.core.attack import madry_step
 from art_generalist.data import load_dataset
 from art_generalist.estimators import build_classifier

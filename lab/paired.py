@@ -9,26 +9,8 @@ is distinguishable from noise on these points.
 from __future__ import annotations
 
 import argparse
-from math import comb
 
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def compare(flags_a: list[bool], flags_b: list[bool]) -> dict:
-    if len(flags_a) != len(flags_b):
-        raise ValueError("The two methods were evaluated on different numbers of points.")
-    only_a = sum(a and not b for a, b in zip(flags_a, flags_b))
-    only_b = sum(b and not a for a, b in zip(flags_a, flags_b))
-    n = len(flags_a)
-    return {"n": n, "diff_points": 100 * (only_a - only_b) / n, "only_a": only_a, "only_b": only_b,
-            "p_value": mcnemar_exact(only_a, only_b)}
+from art_generalist.benchmark.paired import compare_reports
 
 
 def main() -> None:
@@ -42,11 +24,11 @@ def main() -> None:
 
     res_a = read_json(args.results)
     res_b = read_json(args.other) if args.other else res_a
-    ra, rb = res_a["reports"][args.a], res_b["reports"][args.b]
-    if ra["settings"] != rb["settings"] or ra["n"] != rb["n"] or ra["seed"] != rb["seed"]:
-        raise SystemExit("The two reports were not evaluated the same way.")
-    for kind in ("clean", "robust"):
-        c = compare(ra["per_example"][kind], rb["per_example"][kind])
+    try:
+        compared = compare_reports(res_a["reports"][args.a], res_b["reports"][args.b])
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    for kind, c in compared.items():
         print(f"{kind:6s}: {args.a} − {args.b} = {c['diff_points']:+.1f} points on {c['n']} points; "
               f"only {args.a} right: {c['only_a']}, only {args.b} right: {c['only_b']}; "
               f"exact McNemar p = {c['p_value']:.3f}")

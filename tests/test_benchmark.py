@@ -219,14 +219,9 @@ def test_benchmark_shares_the_multistep_schedule(tmp_path):
         BenchmarkConfig(lr_schedule="step")
 
 
-def test_paired_comparison_script():
-    import importlib.util
+def test_paired_comparison():
+    from art_generalist.benchmark import paired
 
-    from tests.conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("paired", REPO_ROOT / "lab" / "paired.py")
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
     assert paired.mcnemar_exact(0, 0) == 1.0
     assert abs(paired.mcnemar_exact(9, 6) - 0.6072387695) < 1e-9      # 2 * P(Bin(15, 1/2) <= 6)
     assert paired.mcnemar_exact(0, 10) == 2 / 2 ** 10
@@ -234,6 +229,12 @@ def test_paired_comparison_script():
     assert (c["only_a"], c["only_b"], c["diff_points"]) == (1, 2, -25.0)
     with pytest.raises(ValueError, match="different numbers"):
         paired.compare([True], [True, False])
+    report = {"settings": {"eps": 0.1}, "n": 2, "seed": 0, "per_example": {"clean": [1, 1], "robust": [1, 0]}}
+    other = {**report, "per_example": {"clean": [0, 1], "robust": [0, 0]}}
+    both = paired.compare_reports(report, other)
+    assert (both["clean"]["diff_points"], both["robust"]["only_a"]) == (50.0, 1)
+    with pytest.raises(ValueError, match="not evaluated the same way"):
+        paired.compare_reports(report, {**other, "seed": 1})
 
 
 TINY = dict(epochs=2, n_train=64, n_val=16, n_eval=8, max_iter=1, aa_version="apgd-ce", pgd_steps=1, batch_size=32,
