@@ -2,15 +2,19 @@
 
 Every number is checked when the arguments are parsed: a count below its minimum, a zero or
 negative step, ε or learning rate, nan or inf, an unknown device is refused with the flag's name
-(exit code 2), never replaced by a default or run anyway."""
+(exit code 2), never replaced by a default or run anyway. A mistake found later (a missing file or
+data set, a value the library refuses) is one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 
@@ -79,8 +83,21 @@ def _device(text: str) -> str:
     return text
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+def default_threads() -> int:
+    """The CPU cores this process may run on (``os.sched_getaffinity``), so that torch's threads do
+    not outnumber them on a shared or restricted machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def _common(p: argparse.ArgumentParser, dataset: Optional[str] = "digits") -> None:
+    p.add_argument("--dataset", default=dataset, choices=sorted(DATASETS),
+                   help=None if dataset else "default: the data set the model was trained on (its export's "
+                                             "metadata), else digits")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download a missing data set into the data root")
     p.add_argument("--model", default=None, help="model registry name (default: per data set)")
     p.add_argument("--eps", type=POSITIVE, default=None,
                    help="ε > 0 in input units, [0, 1] for the bundled data sets (default: per data set)")
@@ -92,11 +109,14 @@ def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=NONNEGATIVE, default=0)
-    p.add_argument("--threads", type=COUNT, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="torch CPU threads (default: the cores this process may use; on a busy machine fewer "
+                        "threads can run faster, see BENCHMARKS.md)")
     p.add_argument("--collective-timeout", type=POSITIVE, default=None, metavar="SECONDS",
                    help="under torchrun: seconds a collective may wait for the other ranks before the run fails "
                         "(default: $ART_GENERALIST_COLLECTIVE_TIMEOUT, else torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
@@ -116,6 +136,7 @@ def _transfer_parser(sub: Any) -> None:
     t = sub.add_parser("transfer", help="robust transfer reproduction: sources at several eps, fine-tuned "
                        "fixed-feature and full on a target set, a table and a figure (resumable)")
     _runtime(t)
+    t.add_argument("--download", action="store_true", help="let torchvision download missing data sets")
     t.add_argument("--source-dataset", default="fashion_mnist")
     t.add_argument("--target-dataset", default="mnist")
     t.add_argument("--model", default="smallcnn", help="registry model of the sources")
@@ -137,9 +158,17 @@ def _transfer_parser(sub: Any) -> None:
     t.add_argument("--out", default="transfer_out")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags and their defaults)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="art-generalist", description=__doc__)
+    root = _Parser(prog="art-generalist", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b = sub.add_parser("benchmark", help="Generalist vs ART Madry vs ART TRADES at the same budget")
     _common(b)
     _training(b)
@@ -154,9 +183,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="delete the checkpoints another run left in --out")
     _transfer_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate an exported model (clean, PGD, CW, AutoAttack, checks)")
-    _common(e)
+    _common(e, dataset=None)
     e.add_argument("model_path", help="a .safetensors file written by `train` or `trainer.export`")
-    e.add_argument("--n-eval", type=COUNT, default=1000)
+    e.add_argument("--n-eval", type=COUNT, default=1000, help="test points (at most the test split's size)")
     e.add_argument("--attacks", default="pgd,cw,autoattack", type=_names(ATTACKS))
     e.add_argument("--aa-version", default="standard", choices=sorted(AA_VERSIONS))
     e.add_argument("--pgd-steps", type=COUNT, default=50)
@@ -169,8 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")  # other libraries: warnings only
     logging.getLogger("art_generalist").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads())
     torch.manual_seed(args.seed)
     joined = not ranks.active()
     # under torchrun: join the process group
@@ -180,18 +208,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger("art_generalist").setLevel(logging.WARNING)
         args.quiet = True
     try:
+        if getattr(args, "download", False):
+            _download(args)
         return {"benchmark": _benchmark, "train": _train, "evaluate": _evaluate,
                 "transfer": _transfer}[args.command](args)
     except (FileExistsError, OtherRunError) as err:  # another run's files: say what to do, without a traceback
+        if args.debug:
+            raise
         hint = ("the run's own settings, or another --out" if isinstance(err, OtherRunError)
                 else "--resume, --overwrite or another --out" if args.command == "train"
                 else "--resume or another --out")
         print(f"art-generalist {args.command}: error: {err} (command line: {hint})", file=sys.stderr)
         return 2
+    except (OSError, ValueError, TypeError, KeyError, FloatingPointError) as err:  # a user's mistake, in one line
+        if args.debug:
+            raise
+        text = str(err).replace("Pass download=True", "Pass --download") if isinstance(err, FileNotFoundError) \
+            else str(err)
+        print(f"art-generalist {args.command}: error: {type(err).__name__}: {text} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 2
     finally:
         if joined:
             ranks.barrier()
             torch.distributed.destroy_process_group()
+
+
+def _download(args: argparse.Namespace) -> None:
+    """Fetch the command's data sets into the data root first (rank 0; the others wait)."""
+    from art_generalist.data import load_dataset
+
+    names = ([args.source_dataset, args.target_dataset] if args.command == "transfer"
+             else [args.dataset or "digits"])
+    if ranks.is_main_process():
+        for name in names:
+            load_dataset(name, root=args.data_root, download=True)
+    ranks.barrier()
 
 
 def _say(text: str) -> None:
@@ -227,7 +279,9 @@ def _train(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, validation_data=(x_val, y_val) if n_val else None,
                           checkpoint_dir=out / "checkpoints", checkpoint_every=args.checkpoint_every,
                           resume=args.resume, overwrite=args.overwrite)
-    weights, meta = trainer.export(out / "model.safetensors")
+    recorded = {"dataset": data.name, "root": None if args.data_root is None else str(Path(args.data_root).resolve()),
+                "seed": args.seed, "n_train": args.n_train, "n_val": n_val, "test_points": int(len(data.y_test))}
+    weights, meta = trainer.export(out / "model.safetensors", data=recorded)
     if ranks.is_main_process():
         atomic_write_json(out / "history.json", history, indent=2, default=str)
     last = history[-1]
@@ -255,7 +309,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     meta = read_metadata(args.model_path)
     clf = load_exported(args.model_path, device_type="gpu" if args.device.startswith("cuda") else "cpu")
-    data = load_dataset(args.dataset, root=args.data_root, seed=args.seed, n_test=args.n_eval)
+    trained_on = meta.get("data") or {}  # what `train` recorded: the data set and its root
+    name = args.dataset or trained_on.get("dataset") or "digits"
+    root = args.data_root if args.data_root is not None else trained_on.get("root")
+    data = load_dataset(name, root=root, seed=args.seed)
+    n_eval = args.n_eval
+    if n_eval > len(data.y_test):
+        _say(f"note: {name}'s test split holds {len(data.y_test)} points; evaluating all of them "
+             f"(--n-eval {n_eval} asked for more)")
+        n_eval = len(data.y_test)
+    if n_eval < len(data.y_test):
+        data = load_dataset(name, root=root, seed=args.seed, n_test=n_eval)
     eps = meta["threat_model"]["eps"] if args.eps is None else args.eps
     norm = "inf" if meta["threat_model"]["norm"] == "linf" else 2
     report = evaluate(clf, data.x_test, data.y_test, eps=eps, norm=norm,

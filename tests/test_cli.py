@@ -84,9 +84,12 @@ def test_generalist_args_are_checked_against_the_config():
         parser().parse_args(["benchmark", "--generalist-args", '{"ema_decay": 2.0}'])
 
 
-def test_unknown_method_is_rejected():
+def test_unknown_method_is_rejected(capsys):
+    assert main(["benchmark", "--methods", "generalist,fgsm", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown method 'fgsm'" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="Unknown method 'fgsm'"):
-        main(["benchmark", "--methods", "generalist,fgsm", "--quiet"])
+        main(["benchmark", "--methods", "generalist,fgsm", "--quiet", "--debug"])
 
 
 def test_generalist_args_are_parsed_as_a_json_object():
@@ -257,3 +260,47 @@ def test_benchmark_resume_with_other_settings_is_one_line_not_a_traceback(tmp_pa
     capsys.readouterr()
     assert main(args + ["--resume", "--eps", "0.3"]) == 2
     assert "written with other settings (eps: stored" in capsys.readouterr().err
+
+
+def test_evaluate_defaults_to_the_data_set_of_the_export_and_caps_n_eval(tmp_path, capsys):
+    """`train` then `evaluate <export>` without data flags: the export records digits (359 test
+    points) and evaluate's default of 1,000 points is capped at the split, with a note."""
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--n-train", "64", "--n-val", "0", "--max-iter", "1",
+                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["data"] == {"dataset": "digits", "root": None, "seed": 0, "n_train": 64, "n_val": 0,
+                            "test_points": 359}
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.safetensors"), "--attacks", "pgd", "--pgd-steps", "1",
+                 "--checks", "none", "--out", str(tmp_path / "r.json"), "--quiet", "--threads", "1"]) == 0
+    assert "digits's test split holds 359 points" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 359
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_with_every_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 0
+    assert main(["evaluate", "runs/train/model.safetensors"]) == 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["evaluate", "{tmp}/absent.safetensors"], "FileNotFoundError"),
+    (["train", "--dataset", "mnist", "--data-root", "{tmp}/empty", "--epochs", "1"], "Pass --download to fetch it"),
+    (["train", "--n-train", "5000", "--epochs", "1", "--out", "{tmp}/t"], "n_train=5200 is out of range"),
+    (["benchmark", "--generalist-args", '{"ema_decay": 2}', "--epochs", "1", "--out", "{tmp}/b"], "ema_decay"),
+    (["train", "--lr", "nan"], "--lr"),
+])
+def test_a_users_mistake_is_one_line_and_exit_2(argv, says, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--quiet", "--threads", "1"]
+    parse_error = False
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # refused when the arguments are parsed
+        code, parse_error = exc.code, True
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    if not parse_error:  # --debug: the exception itself, for its traceback
+        with pytest.raises((OSError, ValueError)):
+            main(argv + ["--debug"])

@@ -297,3 +297,11 @@ def test_evaluate_reads_channels_last_and_processor_classifiers_as_art_does():
     with pytest.raises(ValueError, match=r"\(3, 1, 1\)"):  # ART would normalise along the width
         evaluate(_clf(_linear(27), shape=(3, 3, 3), preprocessing=(MEAN, STD)), x.transpose(0, 3, 1, 2), y,
                  eps=0.05, attacks=("pgd",), pgd_steps=2, progress=False)
+
+
+@pytest.mark.parametrize("cls", TRAINERS)
+def test_a_classifier_without_an_optimizer_is_refused_alike_with_the_fix(cls):
+    clf = _clf(_linear())
+    clf._optimizer = None
+    with pytest.raises(ValueError, match=r"no optimizer.*optimizer=torch\.optim\.SGD\(model\.parameters\(\)"):
+        cls(clf, **BUDGET)

@@ -20,6 +20,12 @@ if TYPE_CHECKING:  # pragma: no cover
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+#: What a trainer given a classifier without an optimizer says (every trainer refuses it alike).
+NO_OPTIMIZER = ("The classifier has no optimizer to train with. Pass one to the PyTorchClassifier, e.g. "
+                "PyTorchClassifier(model, ..., optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, "
+                "weight_decay=5e-4)), as ART's trainers require.")
+
+
 def sgd(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
         nesterov: bool = False) -> OptimizerFactory:
     """An SGD factory, e.g. the official robust learner ``sgd(0.01, weight_decay=3.5e-3)``."""

@@ -31,7 +31,7 @@ import torch
 
 from art_generalist import estimators
 from art_generalist.core.attack import InputSpace
-from art_generalist.core.learner import EpochStats, Learner, LearnerSpec, sgd
+from art_generalist.core.learner import NO_OPTIMIZER, EpochStats, Learner, LearnerSpec
 from art_generalist.core.mixing import ModelEMA, WeightMixer
 from art_generalist.core.objectives import resolve_objective
 from art_generalist.core.options import Options, describe, group, option
@@ -325,9 +325,12 @@ class GeneralistTrainer(TensorTrainer):
         if spec.classifier is not None:
             clf = spec.classifier
         else:
-            # the spec's optimizer, else the user's parameter groups (each with its own lr, decay), else SGD
+            # the spec's optimizer, else the user's parameter groups (each with its own lr, decay)
+            if spec.optimizer is None and template.optimizer is None:
+                raise ValueError(f"{NO_OPTIMIZER} (Or give learner {spec.name!r} its own: "
+                                 f"LearnerSpec(..., optimizer=art_generalist.core.learner.sgd(0.01))).")
             clf = estimators.trained_copy(template, self.global_ema.module, self.plugins.trainable_for(spec.name),
-                                        spec.optimizer or (sgd() if template.optimizer is None else None))
+                                        spec.optimizer)
         if self.config.sync_init:
             self.mixer.copy_(clf.model, self.global_ema.module)  # also checks that the keys match
         objective = resolve_objective(spec.objective, template.loss)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from art_generalist import estimators
 from art_generalist.core.attack import InputSpace
-from art_generalist.core.learner import EpochStats, Learner, LearnerSpec
+from art_generalist.core.learner import NO_OPTIMIZER, EpochStats, Learner, LearnerSpec
 from art_generalist.core.mixing import ModelEMA, WeightMixer
 from art_generalist.core.objectives import Objective, resolve_objective
 from art_generalist.core.options import describe
@@ -56,7 +56,7 @@ class SingleLearnerTrainer(TensorTrainer):
         self.name = type(self.objective).__name__
         clf = self.get_classifier()
         if clf.optimizer is None:
-            raise ValueError("The classifier needs an optimizer to be trained.")
+            raise ValueError(NO_OPTIMIZER)
         self.ema = None if ema_decay is None else EMAOptions(decay=ema_decay, warmup=ema_warmup)
         self.average: Optional[ModelEMA] = None
         space = self.global_space

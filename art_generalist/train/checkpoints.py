@@ -231,10 +231,11 @@ class TrainerState:
         barrier()
 
     # -- export -----------------------------------------------------------------------------------
-    def export(self, path: PathLike, report: Optional[dict] = None) -> tuple[Path, Path]:
+    def export(self, path: PathLike, report: Optional[dict] = None, data: Optional[dict] = None) -> tuple[Path, Path]:
         """The shipped model's weights as safetensors plus JSON metadata (architecture,
-        preprocessing, clip_values, threat model, plug-ins, evaluation report). See
-        :func:`art_generalist.state.export.load_exported`."""
+        preprocessing, clip_values, threat model, plug-ins, evaluation report, and ``data``: what
+        the model was trained on, e.g. the CLI's data set name and root, which ``evaluate``
+        defaults to). See :func:`art_generalist.state.export.load_exported`."""
         clf = self.get_classifier()
         model = clf.model
         metadata: dict[str, Any] = {
@@ -248,6 +249,7 @@ class TrainerState:
             "threat_model": {"norm": self.norm.value, "eps": float(self.eps)},
             "epochs_trained": len(self.history), "settings": self.settings(),
             "plugins": self.plugins.export_metadata(), "report": report,
+            **({"data": dict(data)} if data is not None else {}),
         }
         state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         _refuse_non_finite(state, f"export {path}")
