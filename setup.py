@@ -5,6 +5,20 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+
+
+def _long_description() -> str:
+    """README.md as PyPI shows it: a link to a file of the repository (dead on PyPI) becomes its
+    text and the file's name, which the sdist carries; web links and anchors stay."""
+    readme = HERE / "README.md"
+    if not readme.exists():
+        return ""
+    text = readme.read_text(encoding="utf-8")
+    def local(match: "re.Match[str]") -> str:
+        label, target = match.groups()
+        return f"`{target}` (in the source distribution)" if label == target else f"{label} (`{target}`)"
+    return re.sub(r"\[([^\]]+)\]\((?!https?://|#)([^)\s]+)\)", local, text)
+
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "art_generalist" / "_version.py").read_text()).group(1)
 
 setup(
@@ -14,7 +28,7 @@ setup(
         "Generalist (Wang & Wang, CVPR 2023) and related adversarial-training methods "
         "as drop-in trainers for IBM's Adversarial Robustness Toolbox"
     ),
-    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description=_long_description(),
     long_description_content_type="text/markdown",
     license="MIT",
     license_files=["LICENSE"],
@@ -38,7 +52,8 @@ setup(
     entry_points={"console_scripts": ["art-generalist = art_generalist.cli:main"]},
     extras_require={
         # transformers: the Hugging Face drop-in tests (a tiny ViT built from a config, no download)
-        "test": ["pytest>=7", "ruff>=0.5", "transformers"],
+        # setuptools, twine: the sdist CI step builds the sdist and checks its long description
+        "test": ["pytest>=7", "ruff>=0.5", "transformers", "setuptools>=61", "twine"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
