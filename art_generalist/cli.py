@@ -285,8 +285,11 @@ def _train(args: argparse.Namespace) -> int:
     if ranks.is_main_process():
         atomic_write_json(out / "history.json", history, indent=2, default=str)
     last = history[-1]
-    _say(f"trained {args.method} for {args.epochs} epochs; last validation clean {last.get('val_clean_acc')}, "
-          f"PGD {last.get('val_pgd_acc')}; wrote {weights} and {meta}")
+    scores = ("" if last.get("val_clean_acc") is None else
+              f"; last validation ({n_val} points): clean {100 * last['val_clean_acc']:.1f}%"
+              + ("" if last.get("val_pgd_acc") is None else f", PGD {100 * last['val_pgd_acc']:.1f}%"))
+    _say(f"trained {args.method} on {data.name} for {args.epochs} epochs at eps {eps:g}{scores}; "
+         f"wrote {weights} and {meta}")
     return 0
 
 

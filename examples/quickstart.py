@@ -1,16 +1,18 @@
 """Generalist on the embedded digits set, next to single-learner PGD-AT, with and without
 Generalist's weight averaging, at the same budget.
 
-Offline, about a minute on a laptop CPU. Both trainers start from the same weights, see the same
+Offline, about a minute on a laptop CPU. All three trainers start from the same weights, see the same
 data for the same epochs with the same optimizer and lr schedule, and are scored on the same test
-points (clean and PGD-20 accuracy; for a full evaluation use ``art_generalist.evaluate``).
+points (clean and PGD-20 accuracy, paired: the same points for every model; AutoAttack is one
+``attacks=`` entry away).
 """
 import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from art_generalist import GeneralistTrainer, SingleLearnerTrainer
+from art_generalist import GeneralistTrainer, SingleLearnerTrainer, evaluate
+from art_generalist.benchmark.paired import compare_reports
 from art_generalist.data import load_dataset
 from art_generalist.models import DigitsNet
 
@@ -28,6 +30,7 @@ def classifier() -> PyTorchClassifier:
 
 
 budget = dict(eps=0.2, eps_step=0.05, max_iter=10)
+epochs = 12
 trainers = {"Generalist (global learner)": GeneralistTrainer(classifier(), **budget),
             "PGD-AT (single learner)": SingleLearnerTrainer(classifier(), objective="pgd", lr_schedule="official",
                                                             **budget),
@@ -35,22 +38,28 @@ trainers = {"Generalist (global learner)": GeneralistTrainer(classifier(), **bud
                                                                ema_decay="auto", **budget)}
 for trainer in trainers.values():
     torch.manual_seed(0)
-    trainer.fit(x_train, y_train, validation_data=(x_val, y_val), nb_epochs=12, batch_size=64)
+    trainer.fit(x_train, y_train, validation_data=(x_val, y_val), nb_epochs=epochs, batch_size=64)
 
 robust_model = trainers["Generalist (global learner)"].get_classifier()  # an ART PyTorchClassifier
-print(f"digits test set ({len(data.y_test)} points), eps {budget['eps']}, 12 epochs each:")
-scores = {}
-for name, trainer in trainers.items():
-    torch.manual_seed(1)
-    scores[name] = clean, pgd = trainer.accuracy(data.x_test, data.y_test, pgd_steps=20)
-    print(f"  {name:28s} clean {clean:.3f}  PGD-20 {pgd:.3f}")
-generalist = trainers["Generalist (global learner)"]
-for name in ("teacher:robust", "teacher:natural"):  # the EMA teachers that G mixes
-    torch.manual_seed(1)
-    clean, pgd = generalist.accuracy(data.x_test, data.y_test, model=name, pgd_steps=20)
-    print(f"  Generalist {name:17s} clean {clean:.3f}  PGD-20 {pgd:.3f}")
-for metric, k in (("clean", 0), ("PGD-20", 1)):
-    best = max(scores, key=lambda n: scores[n][k])
-    ties = [n for n in scores if abs(scores[n][k] - scores[best][k]) < 1 / len(data.y_test)]
-    print(f"  best {metric}: {', '.join(ties)} ({scores[best][k]:.3f}); on {len(data.y_test)} points a difference "
-          f"under about 3 points is within noise (paired tests: lab/paired.py)")
+print(f"Trained on digits ({len(y_train)} images; 8x8, embedded), each for {epochs} epochs of batch 64, "
+      f"against L-inf PGD-{budget['max_iter']} at eps {budget['eps']}, from the same initial weights.")
+print(f"Scored on the {len(data.y_test)} test points: clean accuracy and PGD-20 accuracy (step 2.5*eps/20).")
+reports = {name: evaluate(trainer.get_classifier(), data.x_test, data.y_test, eps=budget["eps"], attacks=("pgd",),
+                          pgd_steps=20, checks=None, seed=1).to_dict()
+           for name, trainer in trainers.items()}
+for name, r in reports.items():
+    print(f"  {name:28s} clean {100 * r['clean_acc']:5.1f}%  PGD-20 {100 * r['robust_acc']:5.1f}%")
+reference = "Generalist (global learner)"
+for name in reports:
+    if name != reference:
+        c = compare_reports(reports[reference], reports[name])
+        print(f"  Generalist - {name}: clean {c['clean']['diff_points']:+.1f} points (McNemar p = "
+              f"{c['clean']['p_value']:.2f}), PGD-20 {c['robust']['diff_points']:+.1f} points "
+              f"(p = {c['robust']['p_value']:.2f})")
+for metric, kind in (("clean", "clean_acc"), ("PGD-20", "robust_acc")):
+    best = max(reports, key=lambda n: reports[n][kind])
+    tied = [n for n in reports if n != best
+            and compare_reports(reports[best], reports[n])["clean" if kind == "clean_acc" else "robust"]["p_value"]
+            >= 0.05]
+    print(f"Best on {metric}: {best}" + (f", not told apart (p >= 0.05) from {', '.join(tied)}" if tied else "")
+          + ".")
