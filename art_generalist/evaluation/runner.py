@@ -179,7 +179,7 @@ def evaluate(classifier: "PyTorchClassifier", x: Any, y: Any, eps: float, norm: 
              attacks: Sequence[str] = ("pgd", "cw", "autoattack"), aa_version: Union[str, Sequence[str]] = "standard",
              pgd_steps: int = 50, pgd_restarts: int = 1, seed: int = 0, device: Union[str, torch.device, None] = None,
              batch_size: int = 256, checks: Optional[str] = "cheap", model_name: str = "model",
-             progress: bool = False) -> EvaluationReport:
+             progress: bool = True) -> EvaluationReport:
     """Clean and robust accuracy of an ART ``PyTorchClassifier`` with integrity checks.
 
     :param classifier: ART ``PyTorchClassifier`` with ``clip_values`` (and optional mean/std
@@ -194,7 +194,7 @@ def evaluate(classifier: "PyTorchClassifier", x: Any, y: Any, eps: float, norm: 
     :param seed: seeds every attack (private generators; the global RNG is left as it was).
     :param device: must match the model's device (``None``: the model's).
     :param checks: ``'cheap'`` (default), ``'all'`` (adds the expensive checks) or ``None``.
-    :param progress: tqdm bars for the attacks.
+    :param progress: a tqdm bar per attack (on by default, as training's; ``False`` silences them).
     """
     attacks = _validate(eps, attacks, pgd_steps, pgd_restarts, batch_size, checks)
     if "autoattack" in attacks:
