@@ -388,7 +388,7 @@ def test_the_cli_trains_under_torchrun_like_one_process(tmp_path):
     done = subprocess.run(launch, capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ,
                           "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.count("trained generalist for 2 epochs") == 1
+    assert done.stdout.count("trained generalist on digits for 2 epochs") == 1
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     two, one = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     assert two.keys() == one.keys()
