@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {
     "digits": ("digits, DigitsNet, 100 iterations, 359 points", ["lab/results/digits_controls/results.json"]),
     "fmnist": ("Fashion-MNIST, SmallCNN, 945 iterations, 1,000 points",
-               ["lab/results/fmnist945_fronts/results.json", "lab/results/fmnist945_controls/ours/results.json",
-                "lab/results/fmnist945_controls/art/results.json"]),
+               ["lab/results/fmnist945_controls/results.json"]),  # merged: ../fmnist945_fronts, ours/, art/
 }
 #: (row label, benchmark method per data set); a data set without the method shows "not run"
 ROWS = [
@@ -32,7 +31,7 @@ ROWS = [
     ("Generalist, defaults", {"digits": "generalist", "fmnist": "generalist@0.4"}),
     ("PGD-AT (our engine)", {"digits": "pgd_at", "fmnist": "pgd_at"}),
     ("PGD-AT + Generalist's EMA (the control)", {"digits": "pgd_ema", "fmnist": "pgd_ema"}),
-    ("TRADES β = 6 (our engine)", {"digits": "trades"}),
+    ("TRADES β = 6 (our engine)", {"digits": "trades", "fmnist": "trades"}),
     ("ART TRADES (β 6 on digits, 1 on Fashion-MNIST)", {"digits": "art_trades", "fmnist": "art_trades@1"}),
     ("ART AWP, γ = 0.01 (its authors' default)", {"digits": "art_awp", "fmnist": "art_awp"}),
     ("ART AWP, γ = 0.002", {"digits": "art_awp@0.002", "fmnist": "art_awp@0.002"}),
