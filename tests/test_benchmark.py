@@ -254,7 +254,7 @@ def test_resume_refuses_changed_settings_even_before_the_first_method_finished(t
     with pytest.raises(RuntimeError, match="killed"):
         run_benchmark(BenchmarkConfig(**TINY, eps=0.1, out=str(tmp_path)))
     monkeypatch.setattr(ARTTrainerRun, "fit", real)
-    with pytest.raises(ValueError, match=r"eps: stored 0\.1 vs now 0\.3.*lr: stored 0\.05 vs now 0\.01"):
+    with pytest.raises(ValueError, match=r"eps: results\.json 0\.1, now 0\.3.*lr: results\.json 0\.05, now 0\.01"):
         run_benchmark(BenchmarkConfig(**TINY, eps=0.3, eps_step=0.025, lr=0.01, out=str(tmp_path), resume=True))
     assert json.loads((tmp_path / "results.json").read_text())["config"]["eps"] == 0.1
     with pytest.raises(FileExistsError, match="resume"):  # without resume nothing is overwritten

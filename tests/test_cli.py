@@ -259,7 +259,7 @@ def test_benchmark_resume_with_other_settings_is_one_line_not_a_traceback(tmp_pa
     assert main(args) == 0
     capsys.readouterr()
     assert main(args + ["--resume", "--eps", "0.3"]) == 2
-    assert "written with other settings (eps: stored" in capsys.readouterr().err
+    assert "written with other settings (eps: results.json 0.1, now 0.3" in capsys.readouterr().err
 
 
 def test_evaluate_defaults_to_the_data_set_of_the_export_and_caps_n_eval(tmp_path, capsys):

@@ -33,7 +33,7 @@ from art_generalist.methods import registry
 from art_generalist.models import default_model, get_model
 from art_generalist.parallel import ranks
 from art_generalist.state.files import read_json, remove_stale_temporaries
-from art_generalist.state.fingerprint import OtherRunError
+from art_generalist.state.fingerprint import OtherRunError, differences
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +239,11 @@ def _earlier(out: Path, cfg: BenchmarkConfig) -> Optional[dict]:
     mine = json.loads(json.dumps(dict(vars(cfg)), default=str))
     # a setting that an earlier version did not record had its default value then
     theirs = {**json.loads(json.dumps(dict(vars(BenchmarkConfig())), default=str)), **earlier["config"]}
-    differ = sorted(k for k in set(mine) | set(theirs) if k not in RUNTIME_FIELDS and mine.get(k) != theirs.get(k))
+    compared = [k for k in set(mine) | set(theirs) if k not in RUNTIME_FIELDS]
+    differ = differences({k: theirs.get(k) for k in compared}, {k: mine.get(k) for k in compared},
+                         stored_in="results.json")
     if differ:
-        detail = "; ".join(f"{k}: stored {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
+        detail = "; ".join(differ)
         raise OtherRunError(f"{path} was written with other settings ({detail}); resume with the same settings or "
                          f"another --out.")
     return earlier

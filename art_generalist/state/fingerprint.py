@@ -82,22 +82,22 @@ def iterable_data(kind: str, obj: Any, nb_batches: int) -> dict:
             "dataset": None if dataset is None else f"{type(dataset).__module__}.{type(dataset).__qualname__}"}
 
 
-def differences(stored: Optional[dict], now: dict, prefix: str = "") -> list[str]:
+def differences(stored: Optional[dict], now: dict, prefix: str = "", stored_in: str = "checkpoint") -> list[str]:
     """``field: checkpoint X, now Y`` for every leaf that differs (structure lists: the first
-    differing line and the counts)."""
+    differing line and the counts); ``stored_in`` names where ``stored`` was read (``results.json``)."""
     if stored is None:
         return []
     out: list[str] = []
     for key in sorted(set(stored) | set(now), key=str):
         a, b, name = stored.get(key), now.get(key), f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{name}.")
+            out += differences(a, b, f"{name}.", stored_in)
         elif isinstance(a, list) and isinstance(b, list) and a and isinstance(a[0], str) and a != b:
             first = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
-            out.append(f"{name}: line {first} is {_at(a, first)!r} in the checkpoint, {_at(b, first)!r} now "
+            out.append(f"{name}: line {first} is {_at(a, first)!r} in the {stored_in}, {_at(b, first)!r} now "
                        f"({len(a)} vs {len(b)} lines)")
         elif a != b:
-            out.append(f"{name}: checkpoint {a!r}, now {b!r}")
+            out.append(f"{name}: {stored_in} {a!r}, now {b!r}")
     return out
 
 
