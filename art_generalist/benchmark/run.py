@@ -188,6 +188,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if earlier is not None and reports and earlier.get("machine") != results["machine"]:
         results["machine_of_earlier_methods"] = earlier.get("machine_of_earlier_methods", earlier.get("machine"))
     _summarise(results)
+    ranks.barrier()  # every rank has read the folder (the checks above) before rank 0 writes into it
     write_results(out, results)  # the settings are on disk before any training: a stopped run resumes checked
     for method in cfg.methods:
         if method in reports:
