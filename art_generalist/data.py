@@ -154,6 +154,7 @@ def load_dataset(
     n_train: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    cap_test: bool = False,
 ) -> Dataset:
     """Load ``name`` (one of :data:`DATASETS`) as float32 NCHW arrays in [0, 1].
 
@@ -164,6 +165,7 @@ def load_dataset(
         n_train: keep a seeded random subset of this many training items (all if None).
         n_test: same for the test split.
         seed: seeds the subsets (and the digits train/test split).
+        cap_test: an ``n_test`` above the test split's size takes the whole split instead of raising.
 
     Raises:
         ValueError: unknown name, or ``n_train``/``n_test`` out of range.
@@ -181,6 +183,8 @@ def load_dataset(
         x_train, y_train, x_test, y_test = _load_torchvision(key, data_root(root), download)
         scale = 255.0
     x_train, y_train = _subset(x_train, y_train, n_train, train_rng, "train")
+    if cap_test and n_test is not None and n_test > len(y_test):
+        n_test = None  # the whole split: the subset of all its items in their order
     x_test, y_test = _subset(x_test, y_test, n_test, test_rng, "test")
     logger.info("loaded %s: %d train / %d test items", key, len(y_train), len(y_test))
     return Dataset(

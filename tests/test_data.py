@@ -190,3 +190,12 @@ def test_svhn_from_mat_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     np.testing.assert_array_equal(ds.x_train, expected["train"][0].astype(np.float32) / 255)
     np.testing.assert_array_equal(ds.y_train, expected["train"][1])
     np.testing.assert_array_equal(ds.y_test, expected["test"][1])
+
+
+def test_cap_test_takes_the_whole_split_instead_of_refusing_a_larger_n_test():
+    whole = load_dataset("digits", seed=3)
+    capped = load_dataset("digits", seed=3, n_test=5000, cap_test=True)
+    assert np.array_equal(capped.y_test, whole.y_test) and np.array_equal(capped.x_test, whole.x_test)
+    assert len(load_dataset("digits", seed=3, n_test=50, cap_test=True).y_test) == 50
+    with pytest.raises(ValueError, match="out of range"):
+        load_dataset("digits", seed=3, n_test=5000)

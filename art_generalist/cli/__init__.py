@@ -142,14 +142,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     trained_on = meta.get("data") or {}  # what `train` recorded: the data set and its root
     name = args.dataset or trained_on.get("dataset") or "digits"
     root = args.data_root if args.data_root is not None else trained_on.get("root")
-    data = load_dataset(name, root=root, seed=args.seed)
-    n_eval = args.n_eval
-    if n_eval > len(data.y_test):
+    data = load_dataset(name, root=root, seed=args.seed, n_test=args.n_eval, cap_test=True)
+    if len(data.y_test) < args.n_eval:
         _say(f"note: {name}'s test split holds {len(data.y_test)} points; evaluating all of them "
-             f"(--n-eval {n_eval} asked for more)")
-        n_eval = len(data.y_test)
-    if n_eval < len(data.y_test):
-        data = load_dataset(name, root=root, seed=args.seed, n_test=n_eval)
+             f"(--n-eval {args.n_eval} asked for more)")
     eps = meta["threat_model"]["eps"] if args.eps is None else args.eps
     norm = "inf" if meta["threat_model"]["norm"] == "linf" else 2
     report = evaluate(clf, data.x_test, data.y_test, eps=eps, norm=norm,
